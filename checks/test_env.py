@@ -1,0 +1,175 @@
+"""Is this node ready: driver up, the selected GPUs there, visible to torch in the expected order, free, healthy."""
+
+from __future__ import annotations
+
+import pytest
+
+from diag.checking import Check
+from diag.envfacts import busy_reasons, compare_view, describe_gpu, freest_gpus, is_mixed, parse_cuda_version
+from diag.topology.records import Gpu, Node, Selection, Topology
+from diag.topology.selection import PCI_BUS_ID
+
+pytestmark = pytest.mark.diag
+
+
+def test_nvidia_driver_and_nvml_answer(diag_node: Node, check: Check) -> None:
+    if diag_node.nvml_error is not None:
+        error = diag_node.nvml_error
+        check.fail("ENV-001", f"NVML did not answer: {error.reason}{f' ({error.detail})' if error.detail else ''}.")
+    if not diag_node.gpus:
+        check.fail("ENV-001", "NVML answered but lists no GPU on this node.")
+
+
+def test_selected_gpus_exist(gpu_node: Node, diag_selection: Selection, check: Check) -> None:
+    available = f"this node has GPUs 0-{len(gpu_node.gpus) - 1}" if gpu_node.gpus else "this node has no GPU"
+    if not diag_selection.entries:
+        check.fail("ENV-002", f"CUDA_VISIBLE_DEVICES is empty: no GPU is selected ({available}).",
+                   commands=["nvidia-smi -L"])  # fmt: skip
+    if diag_selection.missing:
+        named = ", ".join(diag_selection.missing)
+        check.fail(
+            "ENV-002",
+            f"{diag_selection.origin} names GPUs this node does not have: {named} ({available}); "
+            "CUDA hides an unknown entry and every entry after it.",
+            f"Select GPUs that `nvidia-smi -L` lists; {available}.",
+            subject=f"GPU {named}",
+            commands=["nvidia-smi -L"],
+        )
+
+
+def test_torch_is_a_cuda_build_the_driver_supports(gpu_node: Node, diag_topology: Topology, check: Check) -> None:
+    torch_cuda = parse_cuda_version(diag_topology.cuda.torch_cuda)
+    driver_cuda = parse_cuda_version(gpu_node.cuda_driver_version)
+    if torch_cuda is None:
+        check.fail("ENV-004", f"torch cannot use any GPU: {diag_topology.cuda.error or 'it is a CPU-only build'}.",
+                   commands=["python -c 'import torch; print(torch.__version__, torch.version.cuda)'"])  # fmt: skip
+    if driver_cuda is None:
+        pytest.skip("the driver did not say which CUDA version it supports")
+    if torch_cuda[0] > driver_cuda[0]:
+        check.fail(
+            "ENV-004",
+            f"torch was built for CUDA {diag_topology.cuda.torch_cuda}, but driver {gpu_node.driver_version} "
+            f"supports CUDA {gpu_node.cuda_driver_version} at most.",
+        )
+    if torch_cuda > driver_cuda:
+        check.warn(
+            "ENV-004",
+            f"torch's CUDA {diag_topology.cuda.torch_cuda} is newer than the driver's {gpu_node.cuda_driver_version}: "
+            "it runs through CUDA minor-version compatibility, but kernels that need PTX JIT will fail.",
+        )
+
+
+def test_torch_sees_exactly_the_selected_gpus(gpu_node: Node, diag_topology: Topology, check: Check) -> None:
+    cuda = diag_topology.cuda
+    if cuda.torch_cuda is None:
+        pytest.skip("torch is not a CUDA build (see test_torch_is_a_cuda_build_the_driver_supports, ENV-004)")
+    if cuda.error and not cuda.devices:
+        check.fail("ENV-003", f"the CUDA probe found no usable GPU: {cuda.error}.")
+    mismatch = compare_view(diag_topology)
+    problems = [f"{describe_gpu(g)} is selected but torch does not see it" for g in mismatch.unseen]
+    problems += [f"torch also sees {extra}, which is not selected" for extra in mismatch.extra]
+    if problems:
+        visible = diag_topology.selection.cuda_visible_devices
+        check.fail(
+            "ENV-003",
+            "; ".join(problems) + f" (CUDA_VISIBLE_DEVICES={visible!r}).",
+            subject=", ".join(f"GPU {g.nvml_index}" for g in mismatch.unseen) or None,
+        )
+
+
+def test_cuda_numbering_agrees_with_nvidia_smi(gpu_node: Node, diag_topology: Topology, check: Check) -> None:
+    order = diag_topology.selection.cuda_device_order
+    mismatch = compare_view(diag_topology)
+    if mismatch.order:
+        first = mismatch.order[0]
+        check.fail(
+            "ENV-005",
+            f"cuda:{first[0]} is {describe_gpu(first[1])}, not the selected {describe_gpu(first[2])}: "
+            f"CUDA_DEVICE_ORDER is {order}, so CUDA numbers the fastest GPU first "
+            f"({len(mismatch.order)} ordinals differ from nvidia-smi's order).",
+            env={"CUDA_DEVICE_ORDER": PCI_BUS_ID},
+            commands=[f"export CUDA_DEVICE_ORDER={PCI_BUS_ID}"],
+        )
+    if is_mixed(gpu_node) and order != PCI_BUS_ID:
+        check.warn(
+            "ENV-005",
+            f"this node mixes {', '.join(sorted({g.name for g in gpu_node.gpus}))} and CUDA_DEVICE_ORDER is {order}: "
+            "indices in CUDA_VISIBLE_DEVICES and cuda:N follow CUDA's fastest-first order, not nvidia-smi's.",
+        )
+
+
+def test_selected_gpu_is_free(gpu_node: Node, diag_selection: Selection, selected_gpu: Gpu | None, check: Check) -> None:
+    if selected_gpu is None:
+        pytest.skip("no selected GPU exists on this node (see test_selected_gpus_exist, ENV-002)")
+    reasons = busy_reasons(selected_gpu)
+    if not reasons:
+        return
+    wanted = len(diag_selection.found)
+    free = freest_gpus(gpu_node, wanted)
+    ids = ",".join(str(g.nvml_index) for g in free)
+    if len(free) >= wanted:
+        summary = f"Use free GPUs: --gpus {ids} (or CUDA_VISIBLE_DEVICES={ids} CUDA_DEVICE_ORDER={PCI_BUS_ID})."
+    elif free:
+        summary = f"Only {len(free)} GPUs are free ({ids}): wait for the other job or use fewer GPUs (--gpus {ids})."
+    else:
+        summary = "No GPU on this node is free: wait for the other jobs to end, or use another node."
+    check.fail(
+        "ENV-006",
+        f"{describe_gpu(selected_gpu)} is busy: {'; '.join(reasons)}.",
+        summary,
+        subject=f"GPU {selected_gpu.nvml_index}",
+        commands=[f"nvidia-smi -i {selected_gpu.nvml_index}"] + ([f"pytest checks/ --gpus {ids}"] if free else []),
+        env={"CUDA_VISIBLE_DEVICES": ids, "CUDA_DEVICE_ORDER": PCI_BUS_ID} if len(free) >= wanted else {},
+    )
+
+
+def test_selected_gpu_is_not_in_mig_mode(diag_selection: Selection, selected_gpu: Gpu | None, check: Check) -> None:
+    if selected_gpu is None:
+        pytest.skip("no selected GPU exists on this node (see test_selected_gpus_exist, ENV-002)")
+    if not selected_gpu.mig_mode:
+        return
+    tokens = [e.token for e in diag_selection.entries if e.nvml_index == selected_gpu.nvml_index]
+    if any(t.upper().startswith("MIG-") for t in tokens):
+        check.warn("ENV-007", f"{describe_gpu(selected_gpu)} is used as a MIG instance: a fraction of its memory.")
+        return
+    check.fail(
+        "ENV-007",
+        f"{describe_gpu(selected_gpu)} is in MIG mode: CUDA cannot use it as a whole GPU.",
+        subject=f"GPU {selected_gpu.nvml_index}",
+        commands=[f"nvidia-smi -i {selected_gpu.nvml_index} -L"],
+    )
+
+
+def test_selected_gpu_has_no_memory_repairs_pending(selected_gpu: Gpu | None, check: Check) -> None:
+    if selected_gpu is None:
+        pytest.skip("no selected GPU exists on this node (see test_selected_gpus_exist, ENV-002)")
+    pending = [
+        text
+        for flag, text in (
+            (selected_gpu.retired_pages_pending, "retired pages are pending"),
+            (selected_gpu.remapped_rows_pending, "remapped rows are pending"),
+            (selected_gpu.remapping_failed, "row remapping failed"),
+        )
+        if flag
+    ]
+    check.record("memory_repairs", {"retired_pages_pending": selected_gpu.retired_pages_pending,
+                                    "remapped_rows_pending": selected_gpu.remapped_rows_pending,
+                                    "remapping_failed": selected_gpu.remapping_failed})  # fmt: skip
+    if pending:
+        check.fail(
+            "ENV-008",
+            f"{describe_gpu(selected_gpu)}: {', '.join(pending)}; it needs a reset.",
+            subject=f"GPU {selected_gpu.nvml_index}",
+            commands=[f"nvidia-smi -q -d PAGE_RETIREMENT,ROW_REMAPPER -i {selected_gpu.nvml_index}"],
+        )
+
+
+def test_selected_gpus_can_reach_their_peers(gpu_node: Node, diag_selection: Selection, check: Check) -> None:
+    selected = list(diag_selection.nvml_indices)
+    if len(selected) < 2:
+        pytest.skip("fewer than two GPUs selected: no peer access needed")
+    matrix = [[None if a == b else gpu_node.p2p_status(a, b) for b in selected] for a in selected]
+    check.record("p2p", {"nvml_indices": selected, "matrix": matrix})
+    missing = [f"{a}<->{b}" for i, a in enumerate(selected) for b in selected[i + 1 :] if gpu_node.p2p_status(a, b) is False]
+    if missing:
+        check.warn("ENV-009", f"no peer access between GPUs {', '.join(missing)}: tensors between them go through host memory.")

@@ -1,0 +1,56 @@
+"""`python -m diag topology` (capture a node as JSON) and `python -m diag fix-codes` (the codes page)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from diag.fixes import catalog_markdown
+from diag.report import topology_section
+from diag.topology import build_topology
+from diag.topology.files import load_node, node_to_dict
+from diag.topology.selection import PCI_BUS_ID, parse_gpus
+from diag.topology.simulated import parse_spec
+
+
+def _spec(value: str) -> str:
+    parse_spec(value)
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diag", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    topology = commands.add_parser("topology", help="print this node as JSON, to replay with --topology FILE")
+    topology.add_argument("--simulate", type=_spec, metavar="SPEC", help="a simulated node, e.g. 8xA100-80GB")
+    topology.add_argument("--topology", type=load_node, metavar="PATH", help="re-read a saved node")
+    topology.add_argument("--gpus", type=parse_gpus, metavar="IDS",
+                          help="also show which GPUs this selection gives cuda:0..N (adds a 'view' section)")  # fmt: skip
+    commands.add_parser("fix-codes", help="print the fix-code catalog as Markdown (docs/fix-codes.md)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "fix-codes":
+        print(catalog_markdown())
+        return 0
+    if args.simulate and args.topology:
+        _parser().error("--simulate and --topology both describe the node: give one of them")
+    env = dict(os.environ)
+    if args.gpus:
+        env.update(CUDA_DEVICE_ORDER=PCI_BUS_ID, CUDA_VISIBLE_DEVICES=",".join(args.gpus))
+    topology = build_topology(env=env, gpus=args.gpus, simulate=args.simulate, replay=args.topology)
+    data = node_to_dict(topology.node)
+    if args.gpus:
+        data["view"] = topology_section(topology)["selection"] | {"cuda": topology_section(topology)["cuda"]}
+    json.dump(data, sys.stdout, indent=2)
+    print()
+    return 1 if topology.node.nvml_error else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The fixtures the checks use: the node read once per session, the selection, one check handle per test."""
+
+from __future__ import annotations
+
+import pytest
+
+from diag.checking import Check
+from diag.session import state_of
+from diag.topology.records import Gpu, Node, Selection, Topology
+
+NVML_SKIP = "NVML did not answer, so this cannot be checked (see test_nvidia_driver_and_nvml_answer, ENV-001)"
+
+
+@pytest.fixture(scope="session")
+def diag_topology(request: pytest.FixtureRequest) -> Topology:
+    """The node, the selection and the CUDA view, built once per session (once per run under xdist)."""
+    return state_of(request.config).topology
+
+
+@pytest.fixture(scope="session")
+def diag_node(diag_topology: Topology) -> Node:
+    return diag_topology.node
+
+
+@pytest.fixture(scope="session")
+def gpu_node(diag_node: Node) -> Node:
+    """The node, for checks that need NVML's answers: they skip (not fail) where ENV-001 already failed."""
+    if diag_node.nvml_error is not None:
+        pytest.skip(NVML_SKIP)
+    return diag_node
+
+
+@pytest.fixture(scope="session")
+def diag_selection(diag_topology: Topology) -> Selection:
+    return diag_topology.selection
+
+
+@pytest.fixture
+def check(request: pytest.FixtureRequest) -> Check:
+    """Fail with a fix code, warn, or record facts for this check's report entry."""
+    return Check(request.node.user_properties)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`selected_gpu` runs a check once per selected GPU that exists, with ids like `gpu4`."""
+    if "selected_gpu" not in metafunc.fixturenames:
+        return
+    topology = state_of(metafunc.config).topology
+    gpus: list[Gpu] = [topology.node.gpu(i) for i in topology.selection.nvml_indices]
+    if gpus:
+        metafunc.parametrize("selected_gpu", gpus, ids=[f"gpu{g.nvml_index}" for g in gpus])
+    else:
+        metafunc.parametrize("selected_gpu", [pytest.param(None, id="no-gpu")])

@@ -1,0 +1,95 @@
+"""The "diag" option group: parse-time validation turns a malformed value into a one-line usage error."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from diag.report import DEFAULT_PATH
+from diag.topology.files import load_node
+from diag.topology.records import Node
+from diag.topology.selection import parse_gpus
+from diag.topology.simulated import parse_spec
+
+
+def _simulate(value: str) -> str:
+    parse_spec(value)
+    return value
+
+
+def _processes(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1 or not value.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number of processes, 1 or more")
+    return count
+
+
+def _report_path(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty path: expected a file for the JSON report")
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty value: expected a preset name or a model folder / config.json")
+    return value
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("diag", "diag: pre-flight checks for multi-GPU evals")
+    group.addoption("--gpus", type=parse_gpus, default=None, metavar="IDS",
+                    help="physical GPUs as nvidia-smi numbers them (4,5,6,7) or GPU-/MIG- UUIDs; "
+                         "default: what CUDA_VISIBLE_DEVICES selects, else all")  # fmt: skip
+    group.addoption("--simulate", type=_simulate, default=None, metavar="SPEC",
+                    help="a simulated node, NxNAME-MEMGB (8xA100-80GB); no GPU needed")  # fmt: skip
+    group.addoption("--topology", type=load_node, default=None, metavar="PATH",
+                    help="replay a node saved by `python -m diag topology`; implies simulation")  # fmt: skip
+    group.addoption("--model", type=_non_empty, default=None, metavar="NAME_OR_PATH",
+                    help="a preset (internvl2-76b, …) or a local model folder / config.json")  # fmt: skip
+    group.addoption("--device-map", default=None, metavar="VALUE",
+                    help="what the eval passes to from_pretrained: auto, balanced, sequential, cpu, cuda:N, "
+                         "N, a JSON object, or @file.json")  # fmt: skip
+    group.addoption("--model-args", default=None, metavar="STRING",
+                    help="an lmms-eval --model_args string, parsed the way lmms-eval parses it")  # fmt: skip
+    group.addoption("--processes", type=_processes, default=None, metavar="N",
+                    help="processes the eval launches on this node; default LOCAL_WORLD_SIZE / WORLD_SIZE, else 1")  # fmt: skip
+    group.addoption("--diag-report", type=_report_path, default=None, metavar="PATH",
+                    help=f"where the JSON report goes; default {DEFAULT_PATH}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DiagOptions:
+    gpus: tuple[str, ...] | None
+    simulate: str | None
+    topology: Node | None
+    model: str | None
+    device_map: str | None
+    model_args: str | None
+    processes: int | None
+    report_path: str | None
+
+    @property
+    def any_given(self) -> bool:
+        return any(v is not None for v in vars(self).values())
+
+
+def read_options(config: pytest.Config) -> DiagOptions:
+    options = DiagOptions(
+        gpus=config.getoption("gpus"),
+        simulate=config.getoption("simulate"),
+        topology=config.getoption("topology"),
+        model=config.getoption("model"),
+        device_map=config.getoption("device_map"),
+        model_args=config.getoption("model_args"),
+        processes=config.getoption("processes"),
+        report_path=config.getoption("diag_report"),
+    )
+    if options.simulate and options.topology:
+        raise pytest.UsageError("--simulate and --topology both describe the node: give one of them")
+    return options

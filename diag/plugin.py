@@ -1,0 +1,170 @@
+"""The pytest hooks: options, applying --gpus before CUDA starts, the header, the report, the summary.
+
+The plugin is installed for every pytest run in the environment (entry point `diag.plugin`), so it stays
+dormant unless asked: it acts when a diag option is given or the run targets a `checks` directory. A dormant
+plugin never touches hardware and writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from diag import fixtures
+from diag.checking import USER_PROPERTY, CheckFailed
+from diag.fixes import lookup
+from diag.options import add_options, read_options
+from diag.session import STATE, WORKER_TOPOLOGY, DiagState, last_line
+from diag.topology.files import cuda_view_to_dict, node_to_dict
+from diag.topology.records import Topology
+from diag.topology.selection import PCI_BUS_ID
+
+def _targets_checks(config: pytest.Config) -> bool:
+    for arg in config.args:
+        path = Path(config.invocation_params.dir, arg.split("::")[0])
+        if "checks" in path.resolve().parts:
+            return True
+    return False
+
+
+def _apply_gpus(state: DiagState, gpus: tuple[str, ...]) -> None:
+    """Set CUDA_DEVICE_ORDER and CUDA_VISIBLE_DEVICES before anything starts CUDA (CUDA reads them once)."""
+    wanted = {"CUDA_DEVICE_ORDER": PCI_BUS_ID, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}
+    torch = sys.modules.get("torch")
+    cuda_started = bool(torch is not None and getattr(torch, "cuda", None) and torch.cuda.is_initialized())
+    if cuda_started and any(os.environ.get(k) != v for k, v in wanted.items()):
+        fix = lookup("ENV-010")
+        raise pytest.UsageError(
+            f"[ENV-010] --gpus {','.join(gpus)} cannot apply: {fix.cause} Fix: run "
+            f"`CUDA_DEVICE_ORDER={PCI_BUS_ID} CUDA_VISIBLE_DEVICES={','.join(gpus)} pytest …` instead."
+        )
+    for name, value in wanted.items():
+        state.saved_env[name] = os.environ.get(name)
+        os.environ[name] = value
+
+
+def _restore_env(state: DiagState) -> None:
+    for name, value in state.saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+# -- hooks -----------------------------------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    options = read_options(config)
+    state = DiagState(config, options, active=options.any_given or _targets_checks(config))
+    config.stash[STATE] = state
+    config.addinivalue_line("markers", "diag: a diag pre-flight check")
+    if not config.pluginmanager.is_registered(fixtures):
+        config.pluginmanager.register(fixtures, "diag.fixtures")
+    if state.active:
+        config.pluginmanager.register(SessionHooks(state), "diag.session")
+    if options.gpus is not None:
+        _apply_gpus(state, options.gpus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is not None:
+        _restore_env(state)
+
+
+class SessionHooks:
+    """The hooks of an active session, bound to its state (pytester's nested runs each get their own)."""
+
+    def __init__(self, state: DiagState) -> None:
+        self.state = state
+
+    def pytest_report_header(self, config: pytest.Config) -> str | None:
+        try:
+            return header_line(self.state.topology)
+        except Exception as exc:  # never block the run on the header; the checks will say what is wrong
+            return f"diag: could not read the node ({type(exc).__name__}: {exc})"
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """xdist: hand each worker the controller's node and CUDA view, so NVML and the probe run once."""
+        topology = self.state.topology
+        node.workerinput[WORKER_TOPOLOGY] = {
+            "node": node_to_dict(topology.node),
+            "cuda": cuda_view_to_dict(topology.cuda),
+        }
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+        report = yield
+        if call.excinfo is not None and isinstance(call.excinfo.value, CheckFailed):
+            report.user_properties.append((USER_PROPERTY, {"failure": call.excinfo.value.payload}))
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Under xdist the controller receives every worker's reports through this hook.
+        if self.state.is_controller:
+            self.state.record(report)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed and self.state.is_controller:
+            self.state.record_collect_error(report)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.state.write()
+
+    def pytest_internalerror(self, excrepr: Any, excinfo: Any) -> None:
+        self.state.internal_error = last_line(str(excrepr))
+        self.state.write()
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.state.written is None and self.state.write_error is None:
+            self.state.write()  # the session ended before sessionfinish (interrupt, usage error): keep the report
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_json_modifyreport(self, json_report: dict[str, Any]) -> None:
+        """pytest-json-report: add the diag report as its `diag` section."""
+        json_report["diag"] = self.state.report()
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        if not self.state.is_controller:
+            return
+        terminalreporter.write_sep("-", "diag")
+        for entry in self.state.results.values():
+            if entry["outcome"] in ("failed", "error"):
+                where = entry.get("subject") or entry["nodeid"].rsplit("::", 1)[-1]
+                summary = (entry.get("fix") or {}).get("summary", "")
+                terminalreporter.write_line(f"{entry['code']} {where}: {summary}")
+        if self.state.written is not None:
+            terminalreporter.write_line(f"diag report: {self.state.written}")
+        else:
+            terminalreporter.write_line(
+                f"diag report: could not write {self.state.report_path}: {self.state.write_error}"
+            )
+
+
+def header_line(topology: Topology) -> str:
+    """`diag: 4 of 8 GPUs selected: 4,5,6,7 -> cuda:0-3, NVIDIA A100-SXM4-80GB, driver …, simulated`."""
+    node = topology.node
+    if node.nvml_error is not None:
+        return f"diag: no GPU node ({node.nvml_error.reason}); check anywhere with --simulate 8xA100-80GB"
+    selection = topology.selection
+    cuda = topology.cuda.devices
+    cuda_text = f"cuda:0-{len(cuda) - 1}" if len(cuda) > 1 else ("cuda:0" if cuda else "no CUDA device")
+    names = sorted({node.gpus[i].name for i in selection.nvml_indices}) or sorted({g.name for g in node.gpus})
+    missing = f" (not on this node: {','.join(selection.missing)})" if selection.missing else ""
+    driver = f"driver {node.driver_version} (CUDA {node.cuda_driver_version})"
+    source = {"nvml": "nvml", "simulated": "simulated", "file": "replayed"}[node.source]
+    return (
+        f"diag: {len(selection.found)} of {len(node.gpus)} GPUs selected: "
+        f"{','.join(e.token for e in selection.entries)}{missing} -> {cuda_text}, {' + '.join(names)}, "
+        f"{driver}, {source}"
+    )

@@ -1,0 +1,185 @@
+"""The JSON report (`diag-report/1`): environment, topology, checks with their fixes; redacted, written atomically."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from diag.topology.records import Topology
+
+SCHEMA = "diag-report/1"
+DEFAULT_PATH = "reports/diag-report.json"
+REDACTED = "<redacted>"
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+_ENV_PREFIXES = ("CUDA_", "NCCL_", "SLURM_", "HF_", "TRANSFORMERS_", "ACCELERATE_", "PYTORCH_", "TORCH_")
+_ENV_NAMES = frozenset(
+    {"LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "AUTO_SPLIT",
+     "GPUS_PER_PROCESS", "DIST_TIMEOUT", "NVIDIA_VISIBLE_DEVICES", "OMP_NUM_THREADS"}
+)  # fmt: skip
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a variable or key name marks a secret (its value never reaches the report)."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def redacted_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables that shape a GPU run, with the values of secret-named ones replaced."""
+    kept = {k: v for k, v in environ.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)}
+    return {k: (REDACTED if is_secret_name(k) else v) for k, v in sorted(kept.items())}
+
+
+_KEY_VALUE = re.compile(r"(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)=(?P<value>[^,\s]*)")
+
+
+def redacted_command(args: Sequence[str]) -> str:
+    """The command line with `key=value` secrets (`token=…` in --model-args) and `--hf-token X` hidden."""
+    out: list[str] = []
+    hide_next = False
+    for arg in args:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        if arg.startswith("--") and "=" not in arg and is_secret_name(arg):
+            hide_next = True
+        out.append(
+            _KEY_VALUE.sub(lambda m: f"{m['key']}={REDACTED}" if is_secret_name(m["key"]) else m[0], arg)
+        )
+    return " ".join(out)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def installed_torch_cuda() -> str | None:
+    """torch.version.cuda of the installed torch, read from its file so the report never imports torch."""
+    try:
+        files = metadata.files("torch") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if str(file).replace("\\", "/") == "torch/version.py":
+            text = Path(str(file.locate())).read_text(encoding="utf-8")
+            match = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+            return match[1] if match else None
+    return None
+
+
+def environment_section(topology: Topology | None, environ: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "torch_cuda": installed_torch_cuda(),
+        "transformers": _version("transformers"),
+        "accelerate": _version("accelerate"),
+        "diag": _version("diag"),
+        "driver": topology.node.driver_version if topology else None,
+        "cuda_driver": topology.node.cuda_driver_version if topology else None,
+        "env": redacted_env(environ),
+    }
+
+
+def topology_section(topology: Topology | None) -> dict[str, Any]:
+    """The node's GPUs with their CUDA ordinal in this run (`cuda_index` None: not visible) and the selection."""
+    if topology is None:
+        return {"source": None, "gpus": [], "selected": []}
+    cuda_by_uuid = {d.uuid.lower(): d.cuda_index for d in topology.cuda.devices}
+    gpus = []
+    for gpu in topology.node.gpus:
+        entry = asdict(gpu)
+        entry["cuda_index"] = cuda_by_uuid.get(gpu.uuid.lower())
+        for mig in gpu.mig_uuids:
+            if entry["cuda_index"] is None and mig.lower() in cuda_by_uuid:
+                entry["cuda_index"] = cuda_by_uuid[mig.lower()]
+        gpus.append(entry)
+    selection = topology.selection
+    return {
+        "source": topology.node.source,
+        "hostname": topology.node.hostname,
+        "spec": topology.node.spec,
+        "nvml_error": asdict(topology.node.nvml_error) if topology.node.nvml_error else None,
+        "gpus": gpus,
+        "selected": [e.token for e in selection.entries],
+        "selection": {
+            "origin": selection.origin,
+            "nvml_indices": list(selection.nvml_indices),
+            "missing": list(selection.missing),
+            "cuda_visible_devices": selection.cuda_visible_devices,
+            "cuda_device_order": selection.cuda_device_order,
+        },
+        "cuda": {
+            "torch_cuda": topology.cuda.torch_cuda,
+            "error": topology.cuda.error,
+            "simulated": topology.cuda.simulated,
+            "devices": [asdict(d) for d in topology.cuda.devices],
+        },
+        "p2p": [list(p) for p in topology.node.p2p if _both_selected(p[0], p[1], selection.nvml_indices)],
+    }
+
+
+def _both_selected(a: int, b: int, selected: Iterable[int]) -> bool:
+    chosen = set(selected)
+    return a in chosen and b in chosen
+
+
+def summary_section(checks: Sequence[Mapping[str, Any]], duration_s: float) -> dict[str, Any]:
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    for check in checks:
+        counts[check["outcome"]] += 1
+    return {
+        "passed": counts["passed"],
+        "failed": counts["failed"],
+        "skipped": counts["skipped"],
+        "errors": counts["error"],
+        "duration_s": round(duration_s, 3),
+    }
+
+
+def build_report(
+    *,
+    command: Sequence[str],
+    topology: Topology | None,
+    checks: Sequence[Mapping[str, Any]],
+    duration_s: float,
+    environ: Mapping[str, str],
+) -> dict[str, Any]:
+    """The whole report as JSON data."""
+    return {
+        "schema": SCHEMA,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": redacted_command(command),
+        "environment": environment_section(topology, environ),
+        "topology": topology_section(topology),
+        "summary": summary_section(checks, duration_s),
+        "checks": list(checks),
+    }
+
+
+def write_report(path: str | os.PathLike[str], report: Mapping[str, Any]) -> Path:
+    """Replace the report file atomically (a reader sees the old or the new file, never half of one)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2, default=str)
+            handle.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

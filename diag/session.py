@@ -1,0 +1,164 @@
+"""The state of one diag session: options, the node read once, the check results, the report."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from diag.checking import USER_PROPERTY
+from diag.fixes import lookup
+from diag.options import DiagOptions
+from diag.report import DEFAULT_PATH, build_report, write_report
+from diag.topology import build_topology
+from diag.topology.files import cuda_view_from_dict, node_from_dict
+from diag.topology.records import Topology
+from diag.topology.selection import resolve_selection
+
+WORKER_TOPOLOGY = "diag_topology"
+
+
+class DiagState:
+    """Everything the plugin knows during one session; one per config, in the controller and each worker."""
+
+    def __init__(self, config: pytest.Config, options: DiagOptions, active: bool) -> None:
+        self.config = config
+        self.options = options
+        self.active = active
+        self.started = time.monotonic()
+        self.saved_env: dict[str, str | None] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+        self.report_path = Path(options.report_path or Path(config.rootpath, DEFAULT_PATH))
+        self.written: Path | None = None
+        self.write_error: str | None = None
+        self.internal_error: str | None = None
+        self._topology: Topology | None = None
+
+    @property
+    def is_controller(self) -> bool:
+        return not hasattr(self.config, "workerinput")
+
+    @property
+    def topology(self) -> Topology:
+        if self._topology is None:
+            self._topology = self._load_topology()
+        return self._topology
+
+    def _load_topology(self) -> Topology:
+        handed = getattr(self.config, "workerinput", {}).get(WORKER_TOPOLOGY)
+        if handed is not None:  # an xdist worker: the controller already read NVML and ran the probe
+            node = node_from_dict(handed["node"], replayed=False)
+            selection = resolve_selection(node, self.options.gpus, os.environ)
+            return Topology(node, cuda_view_from_dict(handed["cuda"]), selection)
+        return build_topology(
+            env=dict(os.environ), gpus=self.options.gpus, simulate=self.options.simulate, replay=self.options.topology
+        )
+
+    # -- results -------------------------------------------------------------------------------------------
+    def record(self, report: pytest.TestReport) -> None:
+        entry = self.results.setdefault(
+            report.nodeid,
+            {"nodeid": report.nodeid, "outcome": "passed", "duration_s": 0.0, "code": None, "message": None,
+             "subject": None, "fix": None, "references": [], "warnings": [], "data": {}},
+        )  # fmt: skip
+        entry["duration_s"] = round(entry["duration_s"] + report.duration, 4)
+        warnings: list[dict[str, Any]] = []
+        for name, value in report.user_properties:
+            if name != USER_PROPERTY or not isinstance(value, dict):
+                continue
+            if "warning" in value:
+                warnings.append(value["warning"])
+            if "data" in value:
+                entry["data"].update(value["data"])
+            if "failure" in value:
+                entry.update(value["failure"])
+        if warnings:  # each phase's report carries all properties recorded so far
+            entry["warnings"] = warnings
+        outcome = _outcome(report)
+        if outcome in ("failed", "error") and entry["outcome"] in ("passed", "skipped"):
+            entry["outcome"] = outcome
+            if entry["code"] is None:
+                entry.update(_unexpected_failure(report))
+        elif outcome == "skipped" and entry["outcome"] == "passed":
+            entry["outcome"] = "skipped"
+            entry["message"] = _skip_reason(report)
+
+    def record_collect_error(self, report: pytest.CollectReport) -> None:
+        fix = lookup("DIAG-003")
+        self.results[report.nodeid or "<collection>"] = {
+            "nodeid": report.nodeid, "outcome": "error", "duration_s": 0.0, "code": fix.code,
+            "message": last_line(report.longreprtext), "subject": None,
+            "fix": _catalog_fix(fix.code), "references": list(fix.references), "warnings": [], "data": {},
+        }  # fmt: skip
+
+    def report(self) -> dict[str, Any]:
+        checks = list(self.results.values())
+        if self.internal_error:
+            checks.append(
+                {"nodeid": "diag::internal", "outcome": "error", "duration_s": 0.0, "code": "DIAG-002",
+                 "message": self.internal_error, "subject": None, "fix": _catalog_fix("DIAG-002"),
+                 "references": [], "warnings": [], "data": {}}
+            )  # fmt: skip
+        try:
+            topology: Topology | None = self.topology
+        except Exception:  # the report must still be written when reading the node itself failed
+            topology = None
+        return build_report(
+            command=["pytest", *self.config.invocation_params.args],
+            topology=topology,
+            checks=checks,
+            duration_s=time.monotonic() - self.started,
+            environ=os.environ,
+        )
+
+    def write(self) -> None:
+        if not self.is_controller:
+            return
+        try:
+            self.written = write_report(self.report_path, self.report())
+            self.write_error = None
+        except Exception as exc:  # writing the report never crashes the run; the summary says it failed
+            self.write_error = f"{type(exc).__name__}: {exc}"
+
+
+def _outcome(report: pytest.TestReport) -> str:
+    if report.passed:
+        return "passed"
+    if report.skipped:
+        return "skipped"
+    return "failed" if report.when == "call" else "error"
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return last_line(str(longrepr))
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _catalog_fix(code: str) -> dict[str, Any]:
+    return {"summary": lookup(code).fix, "details": "", "commands": [], "env": {}, "device_map_file": None,
+            "verified": False}  # fmt: skip
+
+
+def _unexpected_failure(report: pytest.TestReport) -> dict[str, Any]:
+    """A failure that did not come from Check.fail is a defect in diag, reported as DIAG-001."""
+    return {"code": "DIAG-001", "message": last_line(report.longreprtext), "fix": _catalog_fix("DIAG-001"),
+            "references": list(lookup("DIAG-001").references)}  # fmt: skip
+
+
+STATE = pytest.StashKey[DiagState]()
+
+
+def state_of(config: pytest.Config) -> DiagState:
+    return config.stash[STATE]
+
+
