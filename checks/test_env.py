@@ -68,13 +68,27 @@ def test_torch_sees_exactly_the_selected_gpus(gpu_node: Node, diag_topology: Top
     mismatch = compare_view(diag_topology)
     problems = [f"{describe_gpu(g)} is selected but torch does not see it" for g in mismatch.unseen]
     problems += [f"torch also sees {extra}, which is not selected" for extra in mismatch.extra]
-    if problems:
-        visible = diag_topology.selection.cuda_visible_devices
-        check.fail(
-            "ENV-003",
-            "; ".join(problems) + f" (CUDA_VISIBLE_DEVICES={visible!r}).",
-            subject=", ".join(f"GPU {g.nvml_index}" for g in mismatch.unseen) or None,
-        )
+    if not problems:
+        return
+    selection = diag_topology.selection
+    message = "; ".join(problems) + f" (CUDA_VISIBLE_DEVICES={selection.cuda_visible_devices!r})"
+    wanted = ",".join(e.token for e in selection.found)
+    env = {"CUDA_DEVICE_ORDER": PCI_BUS_ID, "CUDA_VISIBLE_DEVICES": wanted}
+    by_index = any(e.token.isdigit() for e in selection.entries)
+    if by_index and is_mixed(gpu_node) and selection.cuda_device_order != PCI_BUS_ID:
+        # On a mixed node CUDA reads the indices in its fastest-first order, not nvidia-smi's (pytorch #86539).
+        check.fail("ENV-005", message + f": CUDA_DEVICE_ORDER is {selection.cuda_device_order}, so CUDA reads "
+                   "these indices in its fastest-first order, not nvidia-smi's.",
+                   f"Start the eval with CUDA_DEVICE_ORDER={PCI_BUS_ID} CUDA_VISIBLE_DEVICES={wanted}.",
+                   env=env, commands=[f"export CUDA_DEVICE_ORDER={PCI_BUS_ID}"])  # fmt: skip
+    check.fail(
+        "ENV-003",
+        message + ".",
+        f"Start the eval with CUDA_DEVICE_ORDER={PCI_BUS_ID} CUDA_VISIBLE_DEVICES={wanted} in its environment, "
+        "set before the process starts.",
+        subject=", ".join(f"GPU {g.nvml_index}" for g in mismatch.unseen) or None,
+        env=env,
+    )
 
 
 def test_cuda_numbering_agrees_with_nvidia_smi(gpu_node: Node, diag_topology: Topology, check: Check) -> None:

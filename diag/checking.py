@@ -50,6 +50,10 @@ class CheckFailed(pytest.fail.Exception):  # type: ignore[misc,name-defined]
         }
 
 
+# pytest names its own outcome exceptions without a module path in the short summary; so do we.
+CheckFailed.__module__ = "builtins"
+
+
 class Check:
     """Handed to every check as the `check` fixture."""
 

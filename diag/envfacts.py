@@ -63,7 +63,11 @@ def compare_view(topology: Topology) -> ViewMismatch:
     expected = [(e.uuid or "").lower() for e in selection.found]
     seen = [d.uuid.lower() for d in topology.cuda.devices]
     unseen = tuple(by_uuid[u] for u in expected if u not in seen)
-    extra = tuple(f"cuda:{d.cuda_index} ({d.uuid})" for d in topology.cuda.devices if d.uuid.lower() not in expected)
+    extra = tuple(
+        f"cuda:{d.cuda_index} = {describe_gpu(by_uuid[d.uuid.lower()]) if d.uuid.lower() in by_uuid else d.uuid}"
+        for d in topology.cuda.devices
+        if d.uuid.lower() not in expected
+    )
     order: list[tuple[int, Gpu, Gpu]] = []
     if not unseen and not extra:
         for cuda_index, (got, want) in enumerate(zip(seen, expected, strict=True)):
