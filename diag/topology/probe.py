@@ -79,9 +79,8 @@ def _probe_cuda(torch: Any, result: dict[str, Any]) -> None:
         return
     count = torch.cuda.device_count()
     result["devices"] = [_device(torch, i) for i in range(count)]
-    result["peer_access"] = [
-        [i, j, bool(torch.cuda.can_device_access_peer(i, j))] for i in range(count) for j in range(i + 1, count)
-    ]
+    pairs = [(i, j) for i in range(count) for j in range(i + 1, count)]
+    result["peer_access"] = [[i, j, bool(torch.cuda.can_device_access_peer(i, j))] for i, j in pairs]
 
 
 def _device_count(torch: Any) -> int | None:

@@ -1,0 +1,71 @@
+"""Shared helpers: run the shipped checks in a pytester sandbox and read the report they write."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from diag.topology.files import node_to_dict
+from diag.topology.simulated import simulated_node
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((REPO / "diag" / "schema" / "diag-report-1.json").read_text())
+
+
+@dataclass
+class Run:
+    result: pytest.RunResult
+    report: dict[str, Any]
+
+    def check(self, name: str) -> dict[str, Any]:
+        """The report entry of the one check whose node id ends with `::name`."""
+        hits = [c for c in self.report["checks"] if c["nodeid"].endswith("::" + name)]
+        assert len(hits) == 1, [c["nodeid"] for c in self.report["checks"]]
+        return hits[0]
+
+    def outcomes(self) -> dict[str, str]:
+        return {c["nodeid"].split("::", 1)[1]: c["outcome"] for c in self.report["checks"]}
+
+    @property
+    def text(self) -> str:
+        return self.result.stdout.str()
+
+
+@pytest.fixture
+def run_checks(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
+    """Run the shipped checks/ with the given options in a fresh directory, in process, and load the report."""
+    shutil.copytree(REPO / "checks", pytester.path / "checks", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "LOCAL_WORLD_SIZE", "WORLD_SIZE", "AUTO_SPLIT"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(*args: str, report: Path | None = None) -> Run:
+        path = report or pytester.path / "reports" / "diag-report.json"
+        # hypothesis's plugin imports hypothesis at the summary (about 1 s), and pytester forgets it after each run.
+        result = pytester.runpytest(
+            "checks", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "--diag-report", str(path), *args
+        )
+        return Run(result, json.loads(path.read_text()))
+
+    return run
+
+
+@pytest.fixture
+def node_file(tmp_path: Path) -> Callable[..., Path]:
+    """Write a replayable node: a simulated spec with per-GPU changes, e.g. {0: {"processes": [...]}}."""
+
+    def make(spec: str, changes: dict[int, dict[str, Any]] | None = None, **node: Any) -> Path:
+        data = node_to_dict(simulated_node(spec, hostname="gpu-node-17"))
+        for nvml_index, fields in (changes or {}).items():
+            data["gpus"][nvml_index].update(fields)
+        data.update(node)
+        path = tmp_path / f"node-{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps(data))
+        return path
+
+    return make
