@@ -112,7 +112,9 @@ def test_cuda_numbering_agrees_with_nvidia_smi(gpu_node: Node, diag_topology: To
         )
 
 
-def test_selected_gpu_is_free(gpu_node: Node, diag_selection: Selection, selected_gpu: Gpu | None, check: Check) -> None:
+def test_selected_gpu_is_free(
+    gpu_node: Node, diag_selection: Selection, selected_gpu: Gpu | None, check: Check
+) -> None:
     if selected_gpu is None:
         pytest.skip("no selected GPU exists on this node (see test_selected_gpus_exist, ENV-002)")
     reasons = busy_reasons(selected_gpu)
@@ -184,6 +186,10 @@ def test_selected_gpus_can_reach_their_peers(gpu_node: Node, diag_selection: Sel
         pytest.skip("fewer than two GPUs selected: no peer access needed")
     matrix = [[None if a == b else gpu_node.p2p_status(a, b) for b in selected] for a in selected]
     check.record("p2p", {"nvml_indices": selected, "matrix": matrix})
-    missing = [f"{a}<->{b}" for i, a in enumerate(selected) for b in selected[i + 1 :] if gpu_node.p2p_status(a, b) is False]
+    missing = [
+        f"{a}<->{b}" for i, a in enumerate(selected) for b in selected[i + 1 :] if gpu_node.p2p_status(a, b) is False
+    ]
     if missing:
-        check.warn("ENV-009", f"no peer access between GPUs {', '.join(missing)}: tensors between them go through host memory.")
+        check.warn(
+            "ENV-009", f"no peer access between GPUs {', '.join(missing)}: tensors between them go through host memory."
+        )

@@ -27,8 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     topology = commands.add_parser("topology", help="print this node as JSON, to replay with --topology FILE")
     topology.add_argument("--simulate", type=_spec, metavar="SPEC", help="a simulated node, e.g. 8xA100-80GB")
     topology.add_argument("--topology", type=load_node, metavar="PATH", help="re-read a saved node")
-    topology.add_argument("--gpus", type=parse_gpus, metavar="IDS",
-                          help="also show which GPUs this selection gives cuda:0..N (adds a 'view' section)")  # fmt: skip
+    topology.add_argument(
+        "--gpus",
+        type=parse_gpus,
+        metavar="IDS",
+        help="also show which GPUs this selection gives cuda:0..N (adds a 'view' section)",
+    )
     commands.add_parser("fix-codes", help="print the fix-code catalog as Markdown (docs/fix-codes.md)")
     return parser
 

@@ -1,10 +1,10 @@
-"""What the environment checks compute: busy GPUs and free alternatives, CUDA versions, torch's view vs the selection."""
+"""What the environment checks compute: busy GPUs and free alternatives, CUDA versions, torch's view."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diag.topology.records import Gpu, Node, Topology
+from diag.topology.records import Gpu, Node, Topology, uuid_key
 
 # An idle GPU shows a few hundred MiB used (driver, persistence mode); more than this with no process listed
 # means a process NVML cannot see, typically one in another container.
@@ -33,7 +33,7 @@ def freest_gpus(node: Node, count: int) -> list[Gpu]:
 
 
 def parse_cuda_version(text: str | None) -> tuple[int, int] | None:
-    """"12.4" -> (12, 4); None or junk -> None."""
+    """ "12.4" -> (12, 4); None or junk -> None."""
     if not text:
         return None
     parts = text.split(".")
@@ -57,16 +57,16 @@ def compare_view(topology: Topology) -> ViewMismatch:
     node, selection = topology.node, topology.selection
     by_uuid: dict[str, Gpu] = {}
     for gpu in node.gpus:
-        by_uuid[gpu.uuid.lower()] = gpu
+        by_uuid[uuid_key(gpu.uuid)] = gpu
         for mig in gpu.mig_uuids:
-            by_uuid[mig.lower()] = gpu
-    expected = [(e.uuid or "").lower() for e in selection.found]
-    seen = [d.uuid.lower() for d in topology.cuda.devices]
+            by_uuid[uuid_key(mig)] = gpu
+    expected = [uuid_key(e.uuid or "") for e in selection.found]
+    seen = [uuid_key(d.uuid) for d in topology.cuda.devices]
     unseen = tuple(by_uuid[u] for u in expected if u not in seen)
     extra = tuple(
-        f"cuda:{d.cuda_index} = {describe_gpu(by_uuid[d.uuid.lower()]) if d.uuid.lower() in by_uuid else d.uuid}"
+        f"cuda:{d.cuda_index} = {describe_gpu(by_uuid[uuid_key(d.uuid)]) if uuid_key(d.uuid) in by_uuid else d.uuid}"
         for d in topology.cuda.devices
-        if d.uuid.lower() not in expected
+        if uuid_key(d.uuid) not in expected
     )
     order: list[tuple[int, Gpu, Gpu]] = []
     if not unseen and not extra:

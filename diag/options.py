@@ -43,24 +43,62 @@ def _non_empty(value: str) -> str:
 
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("diag", "diag: pre-flight checks for multi-GPU evals")
-    group.addoption("--gpus", type=parse_gpus, default=None, metavar="IDS",
-                    help="physical GPUs as nvidia-smi numbers them (4,5,6,7) or GPU-/MIG- UUIDs; "
-                         "default: what CUDA_VISIBLE_DEVICES selects, else all")  # fmt: skip
-    group.addoption("--simulate", type=_simulate, default=None, metavar="SPEC",
-                    help="a simulated node, NxNAME-MEMGB (8xA100-80GB); no GPU needed")  # fmt: skip
-    group.addoption("--topology", type=load_node, default=None, metavar="PATH",
-                    help="replay a node saved by `python -m diag topology`; implies simulation")  # fmt: skip
-    group.addoption("--model", type=_non_empty, default=None, metavar="NAME_OR_PATH",
-                    help="a preset (internvl2-76b, …) or a local model folder / config.json")  # fmt: skip
-    group.addoption("--device-map", default=None, metavar="VALUE",
-                    help="what the eval passes to from_pretrained: auto, balanced, sequential, cpu, cuda:N, "
-                         "N, a JSON object, or @file.json")  # fmt: skip
-    group.addoption("--model-args", default=None, metavar="STRING",
-                    help="an lmms-eval --model_args string, parsed the way lmms-eval parses it")  # fmt: skip
-    group.addoption("--processes", type=_processes, default=None, metavar="N",
-                    help="processes the eval launches on this node; default LOCAL_WORLD_SIZE / WORLD_SIZE, else 1")  # fmt: skip
-    group.addoption("--diag-report", type=_report_path, default=None, metavar="PATH",
-                    help=f"where the JSON report goes; default {DEFAULT_PATH}")  # fmt: skip
+    group.addoption(
+        "--gpus",
+        type=parse_gpus,
+        default=None,
+        metavar="IDS",
+        help="physical GPUs as nvidia-smi numbers them (4,5,6,7) or GPU-/MIG- UUIDs; "
+        "default: what CUDA_VISIBLE_DEVICES selects, else all",
+    )
+    group.addoption(
+        "--simulate",
+        type=_simulate,
+        default=None,
+        metavar="SPEC",
+        help="a simulated node, NxNAME-MEMGB (8xA100-80GB); no GPU needed",
+    )
+    group.addoption(
+        "--topology",
+        type=load_node,
+        default=None,
+        metavar="PATH",
+        help="replay a node saved by `python -m diag topology`; implies simulation",
+    )
+    group.addoption(
+        "--model",
+        type=_non_empty,
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="a preset (internvl2-76b, …) or a local model folder / config.json",
+    )
+    group.addoption(
+        "--device-map",
+        default=None,
+        metavar="VALUE",
+        help="what the eval passes to from_pretrained: auto, balanced, sequential, cpu, cuda:N, "
+        "N, a JSON object, or @file.json",
+    )
+    group.addoption(
+        "--model-args",
+        default=None,
+        metavar="STRING",
+        help="an lmms-eval --model_args string, parsed the way lmms-eval parses it",
+    )
+    group.addoption(
+        "--processes",
+        type=_processes,
+        default=None,
+        metavar="N",
+        help="processes the eval launches on this node; default LOCAL_WORLD_SIZE / WORLD_SIZE, else 1",
+    )
+    group.addoption(
+        "--diag-report",
+        type=_report_path,
+        default=None,
+        metavar="PATH",
+        help=f"where the JSON report goes; default {DEFAULT_PATH}",
+    )
 
 
 @dataclass(frozen=True)

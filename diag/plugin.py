@@ -24,6 +24,7 @@ from diag.topology.files import cuda_view_to_dict, node_to_dict
 from diag.topology.records import Topology
 from diag.topology.selection import PCI_BUS_ID
 
+
 def _targets_checks(config: pytest.Config) -> bool:
     for arg in config.args:
         path = Path(config.invocation_params.dir, arg.split("::")[0])

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from diag.topology.records import Topology
+from diag.topology.records import Topology, uuid_key
 
 SCHEMA = "diag-report/1"
 DEFAULT_PATH = "reports/diag-report.json"
@@ -52,9 +52,7 @@ def redacted_command(args: Sequence[str]) -> str:
             continue
         if arg.startswith("--") and "=" not in arg and is_secret_name(arg):
             hide_next = True
-        out.append(
-            _KEY_VALUE.sub(lambda m: f"{m['key']}={REDACTED}" if is_secret_name(m["key"]) else m[0], arg)
-        )
+        out.append(_KEY_VALUE.sub(lambda m: f"{m['key']}={REDACTED}" if is_secret_name(m["key"]) else m[0], arg))
     return " ".join(out)
 
 
@@ -97,14 +95,12 @@ def topology_section(topology: Topology | None) -> dict[str, Any]:
     """The node's GPUs with their CUDA ordinal in this run (`cuda_index` None: not visible) and the selection."""
     if topology is None:
         return {"source": None, "gpus": [], "selected": []}
-    cuda_by_uuid = {d.uuid.lower(): d.cuda_index for d in topology.cuda.devices}
+    cuda_by_uuid = {uuid_key(d.uuid): d.cuda_index for d in topology.cuda.devices}
     gpus = []
     for gpu in topology.node.gpus:
         entry = asdict(gpu)
-        entry["cuda_index"] = cuda_by_uuid.get(gpu.uuid.lower())
-        for mig in gpu.mig_uuids:
-            if entry["cuda_index"] is None and mig.lower() in cuda_by_uuid:
-                entry["cuda_index"] = cuda_by_uuid[mig.lower()]
+        keys = [uuid_key(u) for u in (gpu.uuid, *gpu.mig_uuids)]
+        entry["cuda_index"] = next((cuda_by_uuid[k] for k in keys if k in cuda_by_uuid), None)
         gpus.append(entry)
     selection = topology.selection
     return {

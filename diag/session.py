@@ -160,5 +160,3 @@ STATE = pytest.StashKey[DiagState]()
 
 def state_of(config: pytest.Config) -> DiagState:
     return config.stash[STATE]
-
-

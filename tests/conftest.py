@@ -32,6 +32,11 @@ class Run:
     def outcomes(self) -> dict[str, str]:
         return {c["nodeid"].split("::", 1)[1]: c["outcome"] for c in self.report["checks"]}
 
+    def cuda_map(self) -> dict[int, int]:
+        """nvidia-smi index -> cuda ordinal for the GPUs this run's torch sees."""
+        gpus = self.report["topology"]["gpus"]
+        return {g["nvml_index"]: g["cuda_index"] for g in gpus if g["cuda_index"] is not None}
+
     @property
     def text(self) -> str:
         return self.result.stdout.str()

@@ -38,7 +38,10 @@ def test_a_subset_maps_physical_gpus_to_cuda_0_to_3(run_checks):
     assert run.report["environment"]["env"]["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
     assert run.report["environment"]["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     run.result.stdout.fnmatch_lines(
-        ["diag: 4 of 8 GPUs selected: 4,5,6,7 -> cuda:0-3, NVIDIA A100-SXM4-80GB, driver 550.54.15 (CUDA 12.4), simulated"]
+        [
+            "diag: 4 of 8 GPUs selected: 4,5,6,7 -> cuda:0-3, NVIDIA A100-SXM4-80GB, "
+            "driver 550.54.15 (CUDA 12.4), simulated"
+        ]
     )
     assert {"test_selected_gpu_is_free[gpu4]", "test_selected_gpu_is_free[gpu7]"} <= set(run.outcomes())
 
@@ -55,7 +58,7 @@ def test_existing_cuda_visible_devices_is_respected_without_gpus(run_checks, mon
     run = run_checks("--simulate", "8xA100-80GB")
     assert run.report["topology"]["selection"]["origin"] == "CUDA_VISIBLE_DEVICES"
     assert run.report["topology"]["selected"] == ["2", "3"]
-    assert {g["nvml_index"]: g["cuda_index"] for g in run.report["topology"]["gpus"] if g["cuda_index"] is not None} == {
+    assert run.cuda_map() == {
         2: 0,
         3: 1,
     }
@@ -69,7 +72,7 @@ def test_gpus_by_uuid_and_unique_prefix(run_checks, node_file):
     six, three = node.gpus[6].uuid, node.gpus[3].uuid
     run = run_checks("--simulate", "8xA100-80GB", "--gpus", f"{six},{three[:12]}")
     assert run.report["summary"]["failed"] == 0, run.text
-    assert {g["nvml_index"]: g["cuda_index"] for g in run.report["topology"]["gpus"] if g["cuda_index"] is not None} == {
+    assert run.cuda_map() == {
         6: 0,
         3: 1,
     }

@@ -12,6 +12,15 @@ from typing import Literal
 Source = Literal["nvml", "simulated", "file"]
 
 
+def uuid_key(uuid: str) -> str:
+    """The part of a UUID both views agree on: NVML says `MIG-…` for a MIG instance, torch prints it bare."""
+    lowered = uuid.lower()
+    for prefix in ("gpu-", "mig-"):
+        if lowered.startswith(prefix):
+            return lowered[len(prefix) :]
+    return lowered
+
+
 @dataclass(frozen=True)
 class GpuProcess:
     """A process holding memory on a GPU (nvidia-smi's "Processes" table)."""
@@ -144,5 +153,3 @@ class Topology:
     node: Node
     cuda: CudaView
     selection: Selection
-
-

@@ -117,7 +117,11 @@ def simulated_cuda_view(node: Node, env: Mapping[str, str], torch_version: str |
     for cuda_index, (gpu, uuid) in enumerate(visible):
         devices.append(CudaDevice(cuda_index, uuid, gpu.name, gpu.memory_total_mib))
     peers = tuple(
-        (a.cuda_index, b.cuda_index, bool(node.p2p_status(visible[a.cuda_index][0].nvml_index, visible[b.cuda_index][0].nvml_index)))
+        (
+            a.cuda_index,
+            b.cuda_index,
+            bool(node.p2p_status(visible[a.cuda_index][0].nvml_index, visible[b.cuda_index][0].nvml_index)),
+        )
         for a in devices
         for b in devices
         if a.cuda_index < b.cuda_index

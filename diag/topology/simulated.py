@@ -90,9 +90,7 @@ def simulated_node(spec: str, hostname: str = "simulated") -> Node:
             gpus.append(_gpu(spec, len(gpus), group))
             group_of.append(group_number)
     # Peer access needs the same architecture: GPUs of different groups cannot reach each other.
-    p2p = tuple(
-        (a, b, group_of[a] == group_of[b]) for a in range(len(gpus)) for b in range(a + 1, len(gpus))
-    )
+    p2p = tuple((a, b, group_of[a] == group_of[b]) for a in range(len(gpus)) for b in range(a + 1, len(gpus)))
     return Node(
         source="simulated",
         hostname=hostname,
