@@ -56,7 +56,7 @@ def parse_spec(value: str) -> tuple[GpuGroup, ...]:
             raise argparse.ArgumentTypeError(f"{value!r} is not a node: {EXPECTED}")
         group = GpuGroup(int(match["count"]), match["name"].upper(), int(match["mem"]))
         if group.count < 1 or group.memory_gb < 1:
-            raise argparse.ArgumentTypeError(f"{value!r} has {part!r}: GPU count and memory must be at least 1")
+            raise argparse.ArgumentTypeError(f"{value!r} has {part!r}: count and memory must be 1 or more; {EXPECTED}")
         groups.append(group)
     if sum(g.count for g in groups) > MAX_GPUS:
         raise argparse.ArgumentTypeError(f"{value!r} has more than {MAX_GPUS} GPUs")
