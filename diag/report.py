@@ -8,7 +8,7 @@ import os
 import platform
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -103,6 +103,7 @@ def topology_section(topology: Topology | None) -> dict[str, Any]:
         entry["cuda_index"] = next((cuda_by_uuid[k] for k in keys if k in cuda_by_uuid), None)
         gpus.append(entry)
     selection = topology.selection
+    chosen = set(selection.nvml_indices)
     return {
         "source": topology.node.source,
         "hostname": topology.node.hostname,
@@ -123,13 +124,8 @@ def topology_section(topology: Topology | None) -> dict[str, Any]:
             "simulated": topology.cuda.simulated,
             "devices": [asdict(d) for d in topology.cuda.devices],
         },
-        "p2p": [list(p) for p in topology.node.p2p if _both_selected(p[0], p[1], selection.nvml_indices)],
+        "p2p": [list(p) for p in topology.node.p2p if p[0] in chosen and p[1] in chosen],
     }
-
-
-def _both_selected(a: int, b: int, selected: Iterable[int]) -> bool:
-    chosen = set(selected)
-    return a in chosen and b in chosen
 
 
 def summary_section(checks: Sequence[Mapping[str, Any]], duration_s: float) -> dict[str, Any]:

@@ -7,6 +7,7 @@ replayed one except through ``Node.source``. "Not supported" is ``None``, never 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 Source = Literal["nvml", "simulated", "file"]
@@ -108,11 +109,13 @@ class Node:
     def gpu(self, nvml_index: int) -> Gpu:
         return self.gpus[nvml_index]
 
+    @cached_property
+    def _p2p_by_pair(self) -> dict[tuple[int, int], bool | None]:
+        return {(min(a, b), max(a, b)): ok for a, b, ok in self.p2p}
+
     def p2p_status(self, a: int, b: int) -> bool | None:
-        for x, y, ok in self.p2p:
-            if {x, y} == {a, b}:
-                return ok
-        return None
+        """Whether GPUs a and b (nvml indices) can read each other's memory; None: not reported."""
+        return self._p2p_by_pair.get((min(a, b), max(a, b)))
 
 
 @dataclass(frozen=True)
