@@ -105,6 +105,122 @@ _CATALOG: tuple[FixCode, ...] = (
         ("pytorch/pytorch#23544",),
     ),
     FixCode(
+        "MAP-001",
+        "transformers rejects the device_map string",
+        "`from_pretrained` accepts 'auto', 'balanced', 'balanced_low_0', 'sequential' or a device name; anything "
+        "else, the empty value `device_map=` included, raises `ValueError: When passing device_map as a string, "
+        "the value needs to be a device name (e.g. cpu, cuda:0) or 'auto', 'balanced', 'balanced_low_0', "
+        "'sequential' but found {value}.` The lmms-eval classes llava_hf, idefics2, llama_vision and aria "
+        "default to the empty value.",
+        "Pass `device_map=auto` in --model_args for several GPUs, or `device_map=cuda:0` for one GPU.",
+        ("EvolvingLMMs-Lab/lmms-eval#33", "EvolvingLMMs-Lab/lmms-eval#438", "EvolvingLMMs-Lab/lmms-eval#19",
+         "FACTS.md: transformers: device_map strings"),
+    ),
+    FixCode(
+        "MAP-002",
+        "transformers rejects a negative device_map",
+        "A negative int raises `You can't pass device_map as a negative int. If you want to put the model on the "
+        "cpu, pass device_map = 'cpu'`.",
+        "Pass a GPU ordinal the process can see (0 for the first), `cpu`, or `auto`.",
+        ("FACTS.md: transformers: device_map strings",),
+    ),
+    FixCode(
+        "MAP-003",
+        "The device map names a GPU this process cannot see",
+        "An int, `cuda:N` or map value is at or beyond the number of GPUs the process sees; CUDA raises "
+        "`CUDA error: invalid device ordinal`. transformers 5 turns `cuda` into `cuda:{LOCAL_RANK}`, which a "
+        "per-process GPU slice may not have.",
+        "Use ordinals 0..N-1 of the visible GPUs (cuda:0 is the first GPU in CUDA_VISIBLE_DEVICES).",
+        ("EvolvingLMMs-Lab/lmms-eval#31", "FACTS.md: transformers: device_map strings"),
+    ),
+    FixCode(
+        "MAP-004",
+        "The device map uses nvidia-smi numbers under CUDA_VISIBLE_DEVICES",
+        "With CUDA_VISIBLE_DEVICES=4,5,6,7 the process numbers those GPUs cuda:0..3; a map that says 4..7 "
+        "addresses GPUs that do not exist in the process (`invalid device ordinal`).",
+        "Use the corrected map diag wrote (fix.device_map_file): each physical number replaced by its cuda ordinal.",
+        ("open-compass/VLMEvalKit#674", "pytorch/pytorch#23544"),
+    ),
+    FixCode(
+        "MAP-005",
+        "The device map names modules the model does not have",
+        "A key matches no module of the model as the installed transformers names it (module names changed in "
+        "transformers 4.52 and 5 for LLaVA-style models); accelerate ignores it and the module it meant gets no "
+        "device or the wrong one.",
+        "Use the corrected map diag wrote, with each key renamed to the closest module name of this model.",
+        ("FACTS.md: transformers: device_map strings",),
+    ),
+    FixCode(
+        "MAP-006",
+        "The device map leaves parameters without a device",
+        "accelerate's check_device_map finds parameters no key covers: "
+        "`The device_map provided does not give any device for the following parameters: …`.",
+        "Use the corrected map diag wrote, which puts each uncovered module on the first GPU of the map.",
+        ("accelerate: utils/modeling.py::check_device_map",),
+    ),
+    FixCode(
+        "MAP-007",
+        "A module that holds only buffers is left out of the map and stays on the CPU",
+        "The model-level `rotary_emb` holds only the non-persistent `inv_freq` buffer; a hand-written map that "
+        "omits it leaves it on the CPU. transformers 4.43-4.50 (Llama; 4.45-4.50 for Qwen2) then fail in the "
+        "first forward with `Expected all tensors to be on the same device, but found at least two devices, "
+        "cpu and cuda:0!`; 4.52 and later copy it to the GPU each step.",
+        "Add the module to the map on the embeddings' GPU, as InternVL's split_model does "
+        "(`device_map['language_model.model.rotary_emb'] = 0`).",
+        ("OpenGVLab/InternVL#774", "OpenGVLab/InternVL#688", "OpenGVLab/InternVL#789", "open-compass/VLMEvalKit#723",
+         "huggingface/transformers#35583"),
+    ),
+    FixCode(
+        "MAP-008",
+        "A device map value is not a device",
+        "Map values must be a GPU ordinal (int or `cuda:N`), `cpu` or `disk`.",
+        "Replace each named value with a GPU ordinal the process can see, `cpu` or `disk`.",
+        ("accelerate: big_modeling.py::dispatch_model",),
+    ),
+    FixCode(
+        "MAP-009",
+        "lmms-eval cannot parse --model_args",
+        "lmms-eval splits --model_args on commas and each item on the first `=`; an item without `=` raises "
+        "`ValueError: not enough values to unpack (expected 2, got 1)` before the model is built.",
+        "Write every item as key=value (`device_map=auto`), with no bare keys and no trailing comma.",
+        ("EvolvingLMMs-Lab/lmms-eval PR #915", "FACTS.md: lmms-eval: --model_args"),
+    ),
+    FixCode(
+        "SPLIT-001",
+        "AUTO_SPLIT builds a map for GPUs this process cannot see",
+        "VLMEvalKit's InternVL split (AUTO_SPLIT=1) between Dec 9 and Dec 30 2024 assumed 8 GPUs starting at 0: "
+        "under CUDA_VISIBLE_DEVICES=4,5,6,7 it addresses cuda:4..7 in a process that sees cuda:0..3.",
+        "Update VLMEvalKit (the split is capped by device_count // LOCAL_WORLD_SIZE since Dec 30 2024), or set "
+        "GPUS_PER_PROCESS to the GPUs each process sees.",
+        ("open-compass/VLMEvalKit#674", "open-compass/VLMEvalKit PR #566"),
+    ),
+    FixCode(
+        "SPLIT-002",
+        "VLMEvalKit cannot parse GPU UUIDs in CUDA_VISIBLE_DEVICES",
+        "VLMEvalKit's run.py reads CUDA_VISIBLE_DEVICES entries with int(), which raises `ValueError: invalid "
+        "literal for int() with base 10: 'GPU-…'` for UUID entries.",
+        "Select the GPUs by index for VLMEvalKit (`CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=4,5,6,7`).",
+        ("FACTS.md: VLMEvalKit: AUTO_SPLIT and GPU slicing",),
+    ),
+    FixCode(
+        "MEM-001",
+        "A GPU is predicted to run out of memory",
+        "The weights planned onto a GPU plus the reserve for the CUDA context and the KV cache exceed its free "
+        "memory: the eval fails with CUDA out of memory while loading or in the first generate.",
+        "Use more or freer GPUs, cap the GPU with max_memory so the planner moves modules elsewhere, or load "
+        "a smaller dtype (8-bit / 4-bit quantisation).",
+        ("EvolvingLMMs-Lab/lmms-eval#191", "THUDM/CogVLM#462"),
+    ),
+    FixCode(
+        "MEM-002",
+        "Part of the model is planned onto the CPU or disk",
+        "The selected GPUs' free memory does not hold the model, so from_pretrained offloads the rest to the "
+        "CPU or disk: the eval runs, many times slower, and InternVL/CogVLM remote code may fail on offloaded "
+        "modules.",
+        "Select more GPUs (diag names how many), free memory on them, or load a smaller dtype.",
+        ("accelerate: big model inference guide", "EvolvingLMMs-Lab/lmms-eval#191"),
+    ),
+    FixCode(
         "DIAG-001",
         "diag itself failed in a check",
         "An unexpected exception inside a check or fixture: a defect in diag, not a finding about the node.",

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import pytest
 
 from diag.checking import Check
 from diag.session import state_of
 from diag.topology.records import Gpu, Node, Selection, Topology
+
+if TYPE_CHECKING:
+    import torch
+
+    from diag.devicemap.cases import MapCase
+    from diag.twins import ModelSpec
 
 NVML_SKIP = "NVML did not answer, so this cannot be checked (see test_nvidia_driver_and_nvml_answer, ENV-001)"
 
@@ -43,6 +52,9 @@ def check(request: pytest.FixtureRequest) -> Check:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """`selected_gpu` runs a check once per selected GPU that exists, with ids like `gpu4`."""
+    if "map_case" in metafunc.fixturenames:
+        cases = state_of(metafunc.config).map_cases
+        metafunc.parametrize("map_case", cases, ids=[c.id for c in cases])
     if "selected_gpu" not in metafunc.fixturenames:
         return
     topology = state_of(metafunc.config).topology
@@ -51,3 +63,30 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("selected_gpu", gpus, ids=[f"gpu{g.nvml_index}" for g in gpus])
     else:
         metafunc.parametrize("selected_gpu", [pytest.param(None, id="no-gpu")])
+
+
+@pytest.fixture(scope="session")
+def report_dir(request: pytest.FixtureRequest) -> Path:
+    """Where corrected device maps are written: beside the report."""
+    return state_of(request.config).report_path.parent
+
+
+@pytest.fixture
+def meta_model(request: pytest.FixtureRequest, map_case: MapCase) -> torch.nn.Module:
+    """The full-width model of the case on the meta device, in the eval's dtype; built once per model."""
+    if map_case.model is None:
+        pytest.skip(map_case.problem or "no model")
+    state = state_of(request.config)
+    return state.meta_model(map_case.model, model_dtype(state.options.model_args, map_case.model))
+
+
+def model_dtype(model_args: str | None, spec: ModelSpec) -> str:
+    """bf16 unless --model-args says torch_dtype= / dtype= (`auto` means the checkpoint's own dtype)."""
+    from diag.devicemap.model_args import ModelArgsError, parse_model_args
+
+    try:
+        args = parse_model_args(model_args or "")
+    except ModelArgsError:
+        args = {}
+    value = str(args.get("torch_dtype", args.get("dtype", "bfloat16")))
+    return spec.dtype if value == "auto" else value.removeprefix("torch.")

@@ -140,6 +140,12 @@ class SessionHooks:
             return
         terminalreporter.write_sep("-", "diag")
         for entry in self.state.results.values():
+            plan = entry.get("data", {}).get("plan")
+            if plan:
+                terminalreporter.write_line(f"plan for {entry['nodeid'].rsplit('[', 1)[-1].rstrip(']')}:")
+                for line in plan_table(plan):
+                    terminalreporter.write_line("  " + line)
+        for entry in self.state.results.values():
             if entry["outcome"] in ("failed", "error"):
                 where = entry.get("subject") or entry["nodeid"].rsplit("::", 1)[-1]
                 summary = (entry.get("fix") or {}).get("summary", "")
@@ -150,6 +156,18 @@ class SessionHooks:
             terminalreporter.write_line(
                 f"diag report: could not write {self.state.report_path}: {self.state.write_error}"
             )
+
+
+def plan_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The plan as text: device, GPU, GiB planned, reserve and free, then what it holds."""
+    lines = [f"{'device':8} {'GPU':>4} {'weights GiB':>11} {'reserve GiB':>11} {'free GiB':>9}  modules"]
+    for row in rows:
+        gpu = "" if row["nvml_index"] is None else str(row["nvml_index"])
+        free = "" if row["free_gib"] is None else f"{row['free_gib']:.1f}"
+        mark = "  <- short by %.1f GiB" % row["shortfall_gib"] if row["shortfall_gib"] else ""
+        lines.append(f"{row['device']:8} {gpu:>4} {row['planned_gib']:11.1f} {row['reserve_gib']:11.1f} "
+                     f"{free:>9}  {row['modules'] or '-'}{mark}")  # fmt: skip
+    return lines
 
 
 def header_line(topology: Topology) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -17,6 +17,12 @@ from diag.topology import build_topology
 from diag.topology.files import cuda_view_from_dict, node_from_dict
 from diag.topology.records import Topology
 from diag.topology.selection import resolve_selection
+
+if TYPE_CHECKING:
+    import torch
+
+    from diag.devicemap.cases import MapCase
+    from diag.twins import ModelSpec
 
 WORKER_TOPOLOGY = "diag_topology"
 
@@ -36,6 +42,8 @@ class DiagState:
         self.write_error: str | None = None
         self.internal_error: str | None = None
         self._topology: Topology | None = None
+        self._map_cases: list[MapCase] | None = None
+        self._meta_models: dict[tuple[str, str], torch.nn.Module] = {}
 
     @property
     def is_controller(self) -> bool:
@@ -56,6 +64,26 @@ class DiagState:
         return build_topology(
             env=dict(os.environ), gpus=self.options.gpus, simulate=self.options.simulate, replay=self.options.topology
         )
+
+    @property
+    def map_cases(self) -> list[MapCase]:
+        """The (model, device_map) pairs of this session, resolved once (collection in every worker needs them)."""
+        if self._map_cases is None:
+            from diag.devicemap.cases import map_cases
+
+            self._map_cases = map_cases(self.options, self.topology)
+        return self._map_cases
+
+    def meta_model(self, spec: ModelSpec, dtype: str) -> torch.nn.Module:
+        """The full-width meta model, built once per (model, dtype) for the whole session."""
+        key = (spec.name, dtype)
+        if key not in self._meta_models:
+            import torch
+
+            from diag.twins import build_meta
+
+            self._meta_models[key] = build_meta(spec).to(getattr(torch, dtype))
+        return self._meta_models[key]
 
     # -- results -------------------------------------------------------------------------------------------
     def record(self, report: pytest.TestReport) -> None:

@@ -1,0 +1,123 @@
+"""What the device-map checks run on: a model and the one device_map value the eval will pass for it.
+
+The value comes from the first source that says something: `--device-map`, then `device_map=` in
+`--model-args` (or the lmms-eval class default), then VLMEvalKit's AUTO_SPLIT=1 map for InternVL, then `auto`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diag.devicemap.sources import DeviceMapSource
+
+if TYPE_CHECKING:
+    from diag.options import DiagOptions
+    from diag.topology.records import Topology
+    from diag.twins import ModelSpec
+
+# Without --model, the checks plan the tiny twins' families at their real sizes.
+DEFAULT_MODELS = ("llava-1.5-7b", "internvl2-8b")
+
+
+@dataclass(frozen=True)
+class MapCase:
+    """One (model, device_map) pair to check; `problem` says why it could not be set up (then the checks fail)."""
+
+    id: str
+    model: ModelSpec | None
+    source: DeviceMapSource | None
+    problem: str | None = None
+    problem_code: str | None = None
+
+
+def _models(options: DiagOptions) -> tuple[list[ModelSpec], str | None]:
+    from diag.devicemap.model_args import ModelArgsError, pretrained_from_model_args
+    from diag.twins import PRESETS, preset_for_checkpoint, resolve_model
+
+    if options.model is not None:
+        return [resolve_model(options.model)], None
+    if options.model_args:
+        try:
+            pretrained = pretrained_from_model_args(options.model_args)
+        except ModelArgsError:
+            pretrained = None
+        if pretrained:
+            spec = preset_for_checkpoint(pretrained)
+            if spec is not None:
+                return [spec], None
+            return [], (f"pretrained={pretrained} is not a checkpoint diag knows; pass --model with a preset "
+                        f"({', '.join(sorted(PRESETS))}) or the checkpoint's local config.json")  # fmt: skip
+    return [PRESETS[name] for name in DEFAULT_MODELS], None
+
+
+def _source(options: DiagOptions, model: ModelSpec, topology: Topology, env: Mapping[str, str]) -> MapCase:
+    from diag.devicemap.model_args import ModelArgsError, device_map_from_model_args
+    from diag.devicemap.sources import parse_device_map_option
+
+    if options.device_map is not None:
+        return _case(model, parse_device_map_option(options.device_map))
+    if options.model_args is not None:
+        try:
+            source = device_map_from_model_args(options.model_args, None)
+        except ModelArgsError as exc:
+            return MapCase(f"{model.name}-model-args", model, None, str(exc), "MAP-009")
+        if source is not None:
+            return _case(model, source)
+    if env.get("AUTO_SPLIT") == "1" and model.family == "internvl-chat":
+        return _case(model, auto_split_source(model, topology, env))
+    return _case(model, DeviceMapSource("auto", "default", "device_map=auto (default)"))
+
+
+def auto_split_source(model: ModelSpec, topology: Topology, env: Mapping[str, str]) -> DeviceMapSource:
+    """The map VLMEvalKit's InternVL split builds for this process (AUTO_SPLIT=1), as DeviceMapSource."""
+    from diag.devicemap.autosplit import internvl_split
+    from diag.twins import build_meta, language_model_layout
+
+    layout = language_model_layout(build_meta(model))
+    pinned = [name for name in (*layout.vision, layout.embed, layout.head, layout.norm, layout.rotary) if name]
+    plan = internvl_split(
+        num_layers=layout.num_layers,
+        layers=layout.layers,
+        pinned=pinned,
+        visible_gpus=len(topology.cuda.devices),
+        local_rank=int(env.get("LOCAL_RANK", "0") or 0),
+        local_world_size=int(env.get("LOCAL_WORLD_SIZE", "1") or 1),
+        gpus_per_process_env=env.get("GPUS_PER_PROCESS"),
+    )
+    return DeviceMapSource(dict(plan.device_map), "AUTO_SPLIT", "AUTO_SPLIT=1")
+
+
+def _case(model: ModelSpec, source: DeviceMapSource) -> MapCase:
+    label = {"--device-map": "device-map", "--model-args": "model-args", "AUTO_SPLIT": "auto-split"}.get(
+        source.origin, str(source.value)
+    )
+    if source.origin == "--device-map" and source.kind in ("strategy", "device", "int"):
+        label = str(source.value)
+    return MapCase(f"{model.name}-{_slug(label)}", model, source)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.:-]+", "-", text).strip("-") or "empty"
+
+
+def map_cases(options: DiagOptions, topology: Topology, env: Mapping[str, str] | None = None) -> list[MapCase]:
+    """Every (model, map) the device-map checks run on; problems become cases that fail with their reason."""
+    environ = os.environ if env is None else env
+    models, problem = _models(options)
+    if problem:
+        return [MapCase("model", None, None, problem, None)]
+    return [_source(options, model, topology, environ) for model in models]
+
+
+def write_map(report_dir: Path, case_id: str, device_map: Mapping[str, Any]) -> str:
+    """Write a corrected map beside the report; the path goes into `fix.device_map_file`."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / f"device-map-{_slug(case_id)}.json"
+    path.write_text(json.dumps(dict(device_map), indent=2) + "\n", encoding="utf-8")
+    return str(path)

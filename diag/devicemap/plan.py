@@ -1,0 +1,229 @@
+"""Planning: the map `from_pretrained(device_map="auto" | …)` would compute, and what each GPU then holds.
+
+The map comes from the installed libraries' own planner, run on the full-width meta model with the selected
+GPUs' free memory: transformers 5's `_get_device_map` where it exists, else the sequence transformers 4.x runs
+inside `from_pretrained` (accelerate's `get_balanced_memory` then `infer_auto_device_map` with the model's
+no-split classes). Nothing here allocates a weight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import types
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+GIB = 1024**3
+MIB = 1024**2
+# What a GPU needs beyond its weights while the eval runs: the CUDA context and allocator slack, plus the
+# KV cache of the layers it holds for KV_TOKENS tokens at batch 1 (lmms-eval and VLMEvalKit run batch 1).
+CONTEXT_RESERVE_BYTES = 1 * GIB
+KV_TOKENS = 8192
+
+DeviceMap = dict[str, Any]
+
+
+def host_memory_bytes() -> int:
+    """MemAvailable of this machine, the CPU budget from_pretrained would offload into."""
+    try:
+        text = Path("/proc/meminfo").read_text()
+        match = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.MULTILINE)
+        if match:
+            return int(match[1]) * 1024
+    except OSError:
+        pass
+    return 64 * GIB
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """accelerate warns that simulated devices are "not available"; the plan is for the node, not this host."""
+    loggers = [logging.getLogger(name) for name in ("accelerate", "accelerate.utils.modeling", "transformers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+class _DeviceType(type):
+    """Stands in for `torch.device` inside accelerate while planning for a node this torch cannot see.
+
+    On a torch without an accelerator, `torch.device(0)` raises ("Cannot access accelerator device when none
+    is available"), and accelerate 1.0's `get_balanced_memory` asks it of every GPU key. An int there means
+    a CUDA ordinal, as it does on the GPU node; everything else, isinstance checks included, is torch's own.
+    """
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, _TORCH_DEVICE)
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> torch.device:
+        if len(args) == 1 and not kwargs and isinstance(args[0], int) and not isinstance(args[0], bool):
+            return _TORCH_DEVICE("cuda", args[0])
+        return _TORCH_DEVICE(*args, **kwargs)
+
+
+_TORCH_DEVICE = torch.device
+
+
+class _Device(metaclass=_DeviceType):
+    pass
+
+
+class _TorchWithCudaOrdinals(types.ModuleType):
+    def __getattr__(self, name: str) -> Any:
+        return _Device if name == "device" else getattr(torch, name)
+
+
+def _ints_are_cuda_ordinals() -> bool:
+    try:
+        torch.device(0)
+    except RuntimeError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _cuda_ordinals_in_accelerate() -> Iterator[None]:
+    if _ints_are_cuda_ordinals():
+        yield
+        return
+    import accelerate.utils.modeling as accelerate_modeling
+
+    accelerate_modeling.torch = _TorchWithCudaOrdinals("torch")  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        accelerate_modeling.torch = torch
+
+
+def plan_device_map(model: torch.nn.Module, strategy: str, max_memory: Mapping[int | str, int]) -> DeviceMap:
+    """The device map the installed transformers computes for `strategy` with this memory budget."""
+    memory = dict(max_memory)
+    with _quiet(), _cuda_ordinals_in_accelerate():
+        try:
+            from transformers.integrations.accelerate import _get_device_map  # transformers 5
+        except ImportError:
+            return _plan_like_transformers_4(model, strategy, memory)
+        return dict(_get_device_map(model, strategy, memory, None))
+
+
+def _plan_like_transformers_4(model: torch.nn.Module, strategy: str, memory: dict[int | str, int]) -> DeviceMap:
+    """What transformers 4.x `from_pretrained` runs for a string device_map (modeling_utils, 4.45)."""
+    from accelerate.utils import get_balanced_memory, get_max_memory, infer_auto_device_map
+
+    dtype = next(model.parameters()).dtype
+    no_split = model._get_no_split_modules(strategy) if hasattr(model, "_get_no_split_modules") else []
+    if strategy != "sequential":
+        budget = get_balanced_memory(model, dtype=dtype, low_zero=strategy == "balanced_low_0", max_memory=memory,
+                                     no_split_module_classes=no_split)  # fmt: skip
+    else:
+        budget = get_max_memory(memory)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    return dict(infer_auto_device_map(model, dtype=dtype, max_memory=budget, no_split_module_classes=no_split))
+
+
+def _owner(name: str, device_map: Mapping[str, Any]) -> Any:
+    """The device a parameter or module gets: the value of the longest map key that prefixes it."""
+    while True:
+        if name in device_map:
+            return device_map[name]
+        if not name:
+            return None
+        name = name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def bytes_by_device(model: torch.nn.Module, device_map: Mapping[str, Any]) -> dict[str, int]:
+    """Weight bytes each device holds under the map (tied weights counted once), keyed "cuda:0", "cpu", "disk"."""
+    totals: dict[str, int] = {}
+    seen: set[int] = set()
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers()]:
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        device = device_label(_owner(name, device_map))
+        totals[device] = totals.get(device, 0) + tensor.numel() * tensor.element_size()
+    return totals
+
+
+def device_label(value: Any) -> str:
+    """A map value as a device name: 0 -> "cuda:0", "cpu", "disk", None -> "unmapped"."""
+    if value is None:
+        return "unmapped"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"cuda:{value}"
+    if isinstance(value, torch.device):
+        return str(value) if value.index is not None or value.type != "cuda" else "cuda:0"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One line of the plan table: a device, what it holds, its weights, its reserve and its free memory."""
+
+    device: str
+    nvml_index: int | None
+    modules: str
+    planned_bytes: int
+    reserve_bytes: int
+    free_bytes: int | None
+
+    @property
+    def shortfall_bytes(self) -> int:
+        if self.free_bytes is None:
+            return 0
+        return max(self.planned_bytes + self.reserve_bytes - self.free_bytes, 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "nvml_index": self.nvml_index,
+            "modules": self.modules,
+            "planned_gib": round(self.planned_bytes / GIB, 2),
+            "reserve_gib": round(self.reserve_bytes / GIB, 2),
+            "free_gib": None if self.free_bytes is None else round(self.free_bytes / GIB, 2),
+            "shortfall_gib": round(self.shortfall_bytes / GIB, 2),
+        }
+
+
+def summarize_modules(names: list[str], layers_prefix: str | None) -> str:
+    """`vision_model, mlp1, layers 0-9, norm` from the map keys a device holds."""
+    parts: list[str] = []
+    layer_numbers: list[int] = []
+    for name in names:
+        if layers_prefix and name.startswith(layers_prefix + "."):
+            rest = name[len(layers_prefix) + 1 :].split(".")[0]
+            if rest.isdigit():
+                if int(rest) not in layer_numbers:
+                    layer_numbers.append(int(rest))
+                continue
+        parts.append(name or "(whole model)")
+    if layer_numbers:
+        parts.insert(len(parts) and 1, _ranges("layers", sorted(layer_numbers)))
+    return ", ".join(parts)
+
+
+def _ranges(label: str, numbers: list[int]) -> str:
+    spans: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        spans.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return f"{label} {', '.join(spans)}"
