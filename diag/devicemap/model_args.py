@@ -1,0 +1,195 @@
+"""lmms-eval's `--model_args`, parsed the way lmms-eval parses it, and the device map each model class then uses.
+
+`lmms_eval/utils.py::simple_parse_args_string` changed in PR #915. Before it (read at EvolvingLMMs-Lab/lmms-eval
+@fea38060), the string was split on every comma, empty items dropped, and each item split on every `=`; so
+`a=1, b=2` gave the key `" b"`, which the model class then rejected (`Unexpected kwargs`), and `x=a=b` raised.
+From #915 (read @06965734), a comma inside quotes, braces or brackets does not split, each item is stripped,
+and each item splits on its first `=`. Both convert values the same way (`handle_arg_string`): "true"/"false" in
+any case to bool, `str.isnumeric()` to int, else float if `float()` accepts it, else the string unchanged
+(quotes included). So `device_map=` gives "", `device_map=0` gives 0 and `device_map=-1` gives -1.0.
+
+Errors are raised by running the same Python operation lmms-eval runs, so the message is the one this
+interpreter would print for lmms-eval too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from diag.devicemap.sources import ORIGIN_DEFAULT, ORIGIN_MODEL_ARGS, DeviceMapSource
+
+ArgValue = bool | int | float | str
+
+# Read from EvolvingLMMs-Lab/lmms-eval, lmms_eval/models/simple/<class>.py, `__init__` defaults:
+#   llava_hf, idefics2, llama_vision, qwen2_vl @19085f3a; aria @48abd2d8; llava @1741440d;
+#   llava_onevision @077faa1b; internvl2 @2a475ad8; cogvlm2 @59385164.
+# None: the class has no device_map parameter (cogvlm2 hands its `device`, default "cuda", to from_pretrained).
+MODEL_CLASS_DEFAULT_DEVICE_MAP: Mapping[str, str | None] = {
+    "llava_hf": "",
+    "idefics2": "",
+    "llama_vision": "",
+    "aria": "",
+    "llava": "cuda:0",
+    "llava_onevision": "cuda:0",
+    "internvl2": "cuda:0",
+    "qwen2_vl": "cuda",
+    "cogvlm2": None,
+}
+# The `device` default of the classes that fall back to it (qwen2_vl for an empty device_map, cogvlm2 always).
+_DEVICE_DEFAULT: Mapping[str, str] = {"qwen2_vl": "cuda", "cogvlm2": "cuda"}
+# cogvlm2's whole signature @59385164: any other key fails its `assert kwargs == {}`.
+_COGVLM2_PARAMETERS = frozenset({"pretrained", "device", "dtype", "batch_size", "trust_remote_code"})
+
+
+class ModelArgsError(ValueError):
+    """lmms-eval would stop on this `--model_args`; `upstream_error` is what it raises ("ValueError: ...")."""
+
+    def __init__(self, text: str, item: str, upstream_error: str) -> None:
+        self.text = text
+        self.item = item
+        self.upstream_error = upstream_error
+        super().__init__(f"--model-args {text!r}: lmms-eval stops at {item!r} with {upstream_error}")
+
+
+def parse_model_args(text: str) -> dict[str, object]:
+    """`simple_parse_args_string` as of lmms-eval PR #915: the dict of keyword arguments the model class gets."""
+    return dict(_parse(text))
+
+
+def parse_model_args_legacy(text: str) -> dict[str, object]:
+    """`simple_parse_args_string` before PR #915: every comma splits, keys keep their spaces."""
+    items = [item for item in text.strip().split(",") if item]
+    return dict(_to_dict(text, items, _split_every_equals))
+
+
+def _parse(text: str) -> dict[str, ArgValue]:
+    return _to_dict(text, _split_top_level(text.strip()), _split_first_equals)
+
+
+def _split_first_equals(item: str) -> tuple[str, str]:
+    key, value = item.split("=", 1)
+    return key, value
+
+
+def _split_every_equals(item: str) -> tuple[str, str]:
+    key, value = item.split("=")
+    return key, value
+
+
+def _to_dict(text: str, items: list[str], split: Callable[[str], tuple[str, str]]) -> dict[str, ArgValue]:
+    parsed: dict[str, ArgValue] = {}
+    for item in items:
+        try:
+            key, raw = split(item)
+            parsed[key] = _convert(raw)
+        except ValueError as exc:
+            raise ModelArgsError(text, item, f"ValueError: {exc}") from None
+    return parsed
+
+
+def _convert(raw: str) -> ArgValue:
+    """`handle_arg_string`: bool, then int (str.isnumeric, so "½" makes int() raise), then float, else str."""
+    if raw.lower() == "true":
+        return True
+    if raw.lower() == "false":
+        return False
+    if raw.isnumeric():
+        return int(raw)
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside quotes, braces and brackets, stripping each item and dropping empty ones (#915).
+
+    Like upstream, a quote preceded by a backslash does not open or close, and a closing brace or bracket
+    without an opening one takes the depth below zero, where no comma splits.
+    """
+    items: list[str] = []
+    current: list[str] = []
+    depth, quote = 0, ""
+    for index, char in enumerate(text):
+        if char in "\"'" and (index == 0 or text[index - 1] != "\\"):
+            if not quote:
+                quote = char
+            elif char == quote:
+                quote = ""
+        elif not quote and char in "{[":
+            depth += 1
+        elif not quote and char in "}]":
+            depth -= 1
+        elif not quote and char == "," and depth == 0:
+            items.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    items.append("".join(current).strip())
+    return [item for item in items if item]
+
+
+def pretrained_from_model_args(text: str) -> str | None:
+    """The `pretrained=` value (checkpoint name or path), or None when the args do not name one."""
+    value = _parse(text).get("pretrained")
+    return None if value is None else str(value)
+
+
+def device_map_from_model_args(text: str, model_class: str | None) -> DeviceMapSource | None:
+    """The device map lmms-eval's model class passes to `from_pretrained`, for one process.
+
+    `device_map=` in the args wins over the class default ("" for llava_hf); classes that rewrite the value
+    (llava, llava_onevision and internvl2 load on cuda:0 unless it is "auto"; qwen2_vl falls back to `device`
+    for an empty one; cogvlm2 always passes `device`) are followed, and the rewrite is named in `note`. With
+    several processes the classes pass `cuda:{local_process_index}` instead (the llava_hf family only when
+    device_map is ""). None when neither the args nor a known class default say anything.
+    """
+    args = _parse(text)
+    if model_class == "cogvlm2":
+        return _cogvlm2(text, args)
+    given = "device_map" in args
+    if not given and model_class not in MODEL_CLASS_DEFAULT_DEVICE_MAP:
+        return None
+    value: ArgValue | None = args["device_map"] if given else MODEL_CLASS_DEFAULT_DEVICE_MAP[str(model_class)]
+    written = _written(text, "device_map") if given else f"device_map={value!r} ({model_class} default)"
+    origin = ORIGIN_MODEL_ARGS if given else ORIGIN_DEFAULT
+    passed, note = _as_the_class_passes_it(model_class, value, args)
+    return DeviceMapSource(passed, origin, written, model_class, note)
+
+
+def _as_the_class_passes_it(
+    model_class: str | None, value: ArgValue | None, args: dict[str, ArgValue]
+) -> tuple[ArgValue | None, str | None]:
+    if model_class in ("llava", "llava_onevision", "internvl2"):
+        if value == "auto":
+            if model_class == "internvl2":
+                # lmms-eval replaces "auto" with its own split_model dict, which leaves out rotary_emb (PR #481).
+                return value, "internvl2 replaces device_map=auto with its own split over every visible GPU"
+            return value, None
+        if value == "cuda:0":
+            return value, None
+        return "cuda:0", f"{model_class} loads on cuda:0 unless device_map=auto; {value!r} is ignored"
+    if model_class == "qwen2_vl" and not value:
+        device = args.get("device", _DEVICE_DEFAULT["qwen2_vl"])
+        return device, f"qwen2_vl passes its device {device!r} when device_map is {value!r}"
+    return value, None
+
+
+def _cogvlm2(text: str, args: dict[str, ArgValue]) -> DeviceMapSource:
+    """cogvlm2 has no device_map parameter: it passes `device`; a device_map key fails its kwargs assertion."""
+    unexpected = {key: value for key, value in args.items() if key not in _COGVLM2_PARAMETERS}
+    if "device_map" in unexpected:
+        raise ModelArgsError(text, _written(text, "device_map"), f"AssertionError: Unexpected kwargs: {unexpected}")
+    if "device" in args:
+        written = _written(text, "device")
+        return DeviceMapSource(args["device"], ORIGIN_MODEL_ARGS, written, "cogvlm2", "cogvlm2 passes its device")
+    value = _DEVICE_DEFAULT["cogvlm2"]
+    return DeviceMapSource(
+        value, ORIGIN_DEFAULT, f"device={value!r} (cogvlm2 default)", "cogvlm2", "cogvlm2 passes its device"
+    )
+
+
+def _written(text: str, key: str) -> str:
+    """The last item that sets `key`, as the user wrote it (the last one wins in the dict too)."""
+    found = [item for item in _split_top_level(text.strip()) if item.split("=", 1)[0] == key]
+    return found[-1] if found else f"{key}="
