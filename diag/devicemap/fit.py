@@ -21,7 +21,7 @@ from diag.devicemap.plan import (
 )
 from diag.devicemap.sources import DeviceMapSource
 from diag.devicemap.validate import correct_dict_map, cuda_ordinal, resolved_device, transformers_rejects
-from diag.topology.records import Topology, uuid_key
+from diag.topology.records import Gpu, Topology, uuid_key
 
 if TYPE_CHECKING:
     from diag.twins import ModelSpec
@@ -29,14 +29,14 @@ if TYPE_CHECKING:
 
 def free_bytes_by_ordinal(topology: Topology) -> dict[int, int]:
     """Free memory of each GPU this process sees, by cuda ordinal (what torch.cuda.mem_get_info would say)."""
-    by_uuid = {}
+    by_uuid: dict[str, Gpu] = {}
     for gpu in topology.node.gpus:
         for uuid in (gpu.uuid, *gpu.mig_uuids):
             by_uuid[uuid_key(uuid)] = gpu
     free = {}
     for device in topology.cuda.devices:
-        gpu = by_uuid.get(uuid_key(device.uuid))
-        free[device.cuda_index] = (gpu.memory_free_mib if gpu else device.memory_total_mib) * MIB
+        match = by_uuid.get(uuid_key(device.uuid))
+        free[device.cuda_index] = (match.memory_free_mib if match else device.memory_total_mib) * MIB
     return free
 
 
@@ -53,8 +53,9 @@ def resolve_map(source: DeviceMapSource, model: torch.nn.Module, topology: Topol
     """The map from_pretrained ends up with; None when the value itself is unusable (other checks say why)."""
     value = source.value
     if source.kind == "strategy":
-        memory: dict[int | str, int] = dict(free_bytes_by_ordinal(topology))
-        memory["cpu"] = host_memory_bytes()
+        memory: dict[int | str, int] = {"cpu": host_memory_bytes()}
+        for ordinal, free in free_bytes_by_ordinal(topology).items():
+            memory[ordinal] = free
         return plan_device_map(model, str(value), memory)
     if isinstance(value, dict):
         visible = len(topology.cuda.devices)
@@ -62,7 +63,7 @@ def resolve_map(source: DeviceMapSource, model: torch.nn.Module, topology: Topol
         if report.failures:
             return None
         return fixed if fixed is not None else dict(value)
-    if value is None or isinstance(value, bool) or transformers_rejects(value) is not None:
+    if not isinstance(value, str | int) or isinstance(value, bool) or transformers_rejects(value) is not None:
         return None
     device = resolved_device(value)
     ordinal = cuda_ordinal(device)

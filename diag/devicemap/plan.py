@@ -102,7 +102,7 @@ def _cuda_ordinals_in_accelerate() -> Iterator[None]:
         return
     import accelerate.utils.modeling as accelerate_modeling
 
-    accelerate_modeling.torch = _TorchWithCudaOrdinals("torch")  # type: ignore[assignment]
+    accelerate_modeling.torch = _TorchWithCudaOrdinals("torch")
     try:
         yield
     finally:
@@ -117,7 +117,7 @@ def plan_device_map(model: torch.nn.Module, strategy: str, max_memory: Mapping[i
             from transformers.integrations.accelerate import _get_device_map  # transformers 5
         except ImportError:
             return _plan_like_transformers_4(model, strategy, memory)
-        return dict(_get_device_map(model, strategy, memory, None))
+        return dict(_get_device_map(model, strategy, memory, None))  # type: ignore[arg-type]
 
 
 def _plan_like_transformers_4(model: torch.nn.Module, strategy: str, memory: dict[int | str, int]) -> DeviceMap:
@@ -125,14 +125,16 @@ def _plan_like_transformers_4(model: torch.nn.Module, strategy: str, memory: dic
     from accelerate.utils import get_balanced_memory, get_max_memory, infer_auto_device_map
 
     dtype = next(model.parameters()).dtype
-    no_split = model._get_no_split_modules(strategy) if hasattr(model, "_get_no_split_modules") else []
+    get_no_split = getattr(model, "_get_no_split_modules", None)
+    no_split = get_no_split(strategy) if get_no_split is not None else []
     if strategy != "sequential":
         budget = get_balanced_memory(model, dtype=dtype, low_zero=strategy == "balanced_low_0", max_memory=memory,
                                      no_split_module_classes=no_split)  # fmt: skip
     else:
         budget = get_max_memory(memory)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    tie_weights = getattr(model, "tie_weights", None)
+    if tie_weights is not None:
+        tie_weights()
     return dict(infer_auto_device_map(model, dtype=dtype, max_memory=budget, no_split_module_classes=no_split))
 
 

@@ -82,9 +82,9 @@ def resolved_device(value: str | int) -> torch.device | int | str:
     """
     try:
         from transformers.integrations.accelerate import check_and_set_device_map
-    except ImportError:
-        check_and_set_device_map = None
-    if check_and_set_device_map is not None:
+    except ImportError:  # transformers 4.x
+        pass
+    else:
         resolved = check_and_set_device_map(value)
         if isinstance(resolved, dict) and "" in resolved:
             target: torch.device | int | str = resolved[""]
