@@ -66,10 +66,10 @@ def resolve_map(source: DeviceMapSource, model: torch.nn.Module, topology: Topol
     if not isinstance(value, str | int) or isinstance(value, bool) or transformers_rejects(value) is not None:
         return None
     device = resolved_device(value)
-    ordinal = cuda_ordinal(device)
-    if ordinal is not None and ordinal >= len(topology.cuda.devices):
+    target = cuda_ordinal(device)
+    if target is not None and target >= len(topology.cuda.devices):
         return None
-    return {"": ordinal if ordinal is not None else str(device)}
+    return {"": target if target is not None else str(device)}
 
 
 def _lm_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
