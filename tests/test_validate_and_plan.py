@@ -102,10 +102,17 @@ def test_ordinals_beyond_the_visible_gpus_that_are_not_the_selection_fail(llama)
 def test_unknown_keys_values_and_coverage_all_reported(llama):
     bad = {"model.embed_tokens": 0, "model.layer.0": 0, "model.layers.1": "gpu", "lm_head": 0}
     report = check_dict_map(llama, bad, 4, [0, 1, 2, 3])
-    assert [f.code for f in report.failures] == ["MAP-005", "MAP-008", "MAP-006"]
-    assert "model.layer.0 -> model.layers.0" in report.failures[0].message
+    assert [f.code for f in report.failures] == ["MAP-008", "MAP-006"]
+    assert [f.code for f in report.warnings] == ["MAP-005", "MAP-007"]
+    assert "model.layer.0 -> model.layers.0" in report.warnings[0].message
     # accelerate's own list of uncovered parameters, gathered into the modules that own them
-    assert report.failures[2].message.endswith("in model.layers.0, model.layers.2, model.layers.3, model.norm")
+    assert report.failures[1].message.endswith("in model.layers.0, model.layers.2, model.layers.3, model.norm")
+
+
+def test_keys_for_layers_that_do_not_exist_are_dropped_not_renamed(llama):
+    report = check_dict_map(llama, {**GOOD, "model.rotary_emb": 0, "model.layers.4": 3, "model.layers.40": 3}, 4, [0])
+    assert report.failures == [] and [w.code for w in report.warnings] == ["MAP-005"]
+    assert report.warnings[0].fixed_map == {**GOOD, "model.rotary_emb": 0}
 
 
 def test_the_corrected_map_passes_the_same_checks(llama):

@@ -130,8 +130,12 @@ def _module_names(model: torch.nn.Module) -> set[str]:
 
 
 def _closest(name: str, names: Sequence[str]) -> str | None:
+    """The module a misspelt key meant; None when only a number differs (`layers.80` of an 80-layer model is a
+    layer that does not exist, as VLMEvalKit's split writes, not a typo for `layers.8`)."""
     hits = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
-    return hits[0] if hits else None
+    if not hits or re.sub(r"\d+", "#", hits[0]) == re.sub(r"\d+", "#", name):
+        return None
+    return hits[0]
 
 
 def buffer_only_modules(model: torch.nn.Module) -> list[str]:
@@ -159,11 +163,13 @@ def check_dict_map(
     names = _module_names(model)
     unknown = [key for key in device_map if key and key not in names]
     if unknown:
+        # accelerate ignores keys that match no module (with a warning): harmless unless the module they meant
+        # is left without a device, which the coverage check below reports as the failure.
         renamed = {key: _closest(key, sorted(names)) for key in unknown}
         fixed = {renamed.get(k) or k: v for k, v in device_map.items() if k not in unknown or renamed.get(k)}
         hints = ", ".join(f"{k} -> {v}" if v else f"{k} (no such module)" for k, v in renamed.items())
-        report.failures.append(Finding("MAP-005", f"the map names modules this model does not have: {hints}",
-                                       fixed if fixed != dict(device_map) else None))  # fmt: skip
+        report.warnings.append(Finding("MAP-005", f"the map names modules this model does not have: {hints}",
+                                       fixed))  # fmt: skip
     bad_values = sorted({repr(v) for v in device_map.values() if not is_valid_value(v)})
     if bad_values:
         report.failures.append(Finding("MAP-008", f"map values that are no device: {', '.join(bad_values)}"))
@@ -246,6 +252,10 @@ def _shorten(names: Sequence[str], limit: int = 6) -> str:
     return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+# Renames first (a misspelt key is the cause of the module it leaves uncovered), then renumbering, coverage, buffers.
+_FIX_ORDER = ("MAP-005", "MAP-004", "MAP-003", "MAP-008", "MAP-006", "MAP-007")
+
+
 def correct_dict_map(
     model: torch.nn.Module, device_map: Mapping[str, Any], visible: int, selected_nvml: Sequence[int]
 ) -> tuple[dict[str, Any] | None, DictMapReport]:
@@ -257,7 +267,8 @@ def correct_dict_map(
     current = dict(device_map)
     report = check_dict_map(model, current, visible, selected_nvml)
     for _ in range(6):
-        fixable = next((f for f in [*report.failures, *report.warnings] if f.fixed_map is not None), None)
+        findings = sorted([*report.failures, *report.warnings], key=lambda f: _FIX_ORDER.index(f.code))
+        fixable = next((f for f in findings if f.fixed_map is not None), None)
         if fixable is None or fixable.fixed_map == current:
             break
         current = dict(fixable.fixed_map)  # type: ignore[arg-type]
