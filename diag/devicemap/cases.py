@@ -70,13 +70,18 @@ def _source(options: DiagOptions, model: ModelSpec, topology: Topology, env: Map
         if source is not None:
             return _case(model, source)
     if env.get("AUTO_SPLIT") == "1" and model.family == "internvl-chat":
-        return _case(model, auto_split_source(model, topology, env))
+        try:
+            return _case(model, auto_split_source(model, topology, env))
+        except (AssertionError, ValueError) as exc:  # what VLMEvalKit's own split raises for this layout
+            return MapCase(f"{model.name}-auto-split", model, None, f"AUTO_SPLIT=1: {exc}", "SPLIT-001")
     return _case(model, DeviceMapSource("auto", "default", "device_map=auto (default)"))
 
 
-def auto_split_source(model: ModelSpec, topology: Topology, env: Mapping[str, str]) -> DeviceMapSource:
+def auto_split_source(
+    model: ModelSpec, topology: Topology, env: Mapping[str, str], variant: str = "dec30-2024"
+) -> DeviceMapSource:
     """The map VLMEvalKit's InternVL split builds for this process (AUTO_SPLIT=1), as DeviceMapSource."""
-    from diag.devicemap.autosplit import internvl_split
+    from diag.devicemap.autosplit import internvl_split, split_source
     from diag.twins import build_meta, language_model_layout
 
     layout = language_model_layout(build_meta(model))
@@ -89,8 +94,9 @@ def auto_split_source(model: ModelSpec, topology: Topology, env: Mapping[str, st
         local_rank=int(env.get("LOCAL_RANK", "0") or 0),
         local_world_size=int(env.get("LOCAL_WORLD_SIZE", "1") or 1),
         gpus_per_process_env=env.get("GPUS_PER_PROCESS"),
+        variant=variant,
     )
-    return DeviceMapSource(dict(plan.device_map), "AUTO_SPLIT", "AUTO_SPLIT=1")
+    return split_source(plan)
 
 
 def _case(model: ModelSpec, source: DeviceMapSource) -> MapCase:

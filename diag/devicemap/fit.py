@@ -93,11 +93,56 @@ def plan_rows(
     model: torch.nn.Module, spec: ModelSpec, device_map: Mapping[str, Any], topology: Topology
 ) -> list[PlanRow]:
     """The plan table: every visible GPU (holding something or not), then cpu / disk if anything went there."""
+    free = free_bytes_by_ordinal(topology)
+    return rows_for(model, spec, device_map, free, {o: nvml_index_of(topology, o) for o in free})
+
+
+def gpus_needed(model: torch.nn.Module, spec: ModelSpec, strategy: str, free_each: int, start: int) -> int | None:
+    """How many GPUs with `free_each` bytes free the same planner needs so that nothing is offloaded or short.
+
+    Found by planning again with more GPUs, so the number is the planner's answer, not an estimate.
+    """
+    for count in range(max(start, 1), 65):
+        free = dict.fromkeys(range(count), free_each)
+        memory: dict[int | str, int] = {"cpu": host_memory_bytes(), **free}
+        device_map = plan_device_map(model, strategy if strategy in STRATEGIES else "auto", memory)
+        rows = rows_for(model, spec, device_map, free, dict.fromkeys(free))
+        if all(r.shortfall_bytes == 0 for r in rows) and not any(r.free_bytes is None for r in rows):
+            return count
+    return None
+
+
+def capped_max_memory(
+    model: torch.nn.Module, spec: ModelSpec, strategy: str, free: Mapping[int, int], rows: list[PlanRow]
+) -> dict[int, int] | None:
+    """A max_memory that leaves each GPU its reserve, if the same planner then fits the model on these GPUs."""
+    caps = {o: max(free[o] - max(r.reserve_bytes, CONTEXT_RESERVE_BYTES), 0) for o, r in _by_ordinal(rows).items()}
+    for _ in range(3):
+        memory: dict[int | str, int] = {"cpu": host_memory_bytes(), **caps}
+        device_map = plan_device_map(model, strategy if strategy in STRATEGIES else "auto", memory)
+        planned = rows_for(model, spec, device_map, free, dict.fromkeys(free))
+        if all(r.shortfall_bytes == 0 for r in planned) and all(r.free_bytes is not None for r in planned):
+            return caps
+        caps = {o: max(caps[o] - r.shortfall_bytes, 0) for o, r in _by_ordinal(planned).items()}
+    return None
+
+
+def _by_ordinal(rows: list[PlanRow]) -> dict[int, PlanRow]:
+    return {int(r.device.split(":")[1]): r for r in rows if r.device.startswith("cuda:")}
+
+
+def rows_for(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    device_map: Mapping[str, Any],
+    free: Mapping[int, int],
+    nvml_by_ordinal: Mapping[int, int | None],
+) -> list[PlanRow]:
+    """Plan rows for GPUs with the given free bytes by ordinal, then cpu / disk / meta if they hold weights."""
     from diag.twins import language_model_layout
 
     layout = language_model_layout(model)
     sizes = bytes_by_device(model, device_map)
-    free = free_bytes_by_ordinal(topology)
     dtype_bytes = next(model.parameters()).element_size()
     per_layer = kv_bytes_per_layer(spec, dtype_bytes)
     keys_by_device: dict[str, list[str]] = {}
@@ -109,7 +154,7 @@ def plan_rows(
         keys = keys_by_device.get(label, [])
         layers = layout.num_layers if "" in keys else sum(1 for k in keys if k.startswith(layout.layers + "."))
         reserve = CONTEXT_RESERVE_BYTES + per_layer * layers if keys else 0
-        rows.append(PlanRow(label, nvml_index_of(topology, ordinal), summarize_modules(keys, layout.layers),
+        rows.append(PlanRow(label, nvml_by_ordinal.get(ordinal), summarize_modules(keys, layout.layers),
                             sizes.get(label, 0), reserve, free_bytes))  # fmt: skip
     for label in ("cpu", "disk", "meta"):
         if sizes.get(label):
@@ -118,4 +163,12 @@ def plan_rows(
     return rows
 
 
-__all__ = ["STRATEGIES", "free_bytes_by_ordinal", "kv_bytes_per_layer", "plan_rows", "resolve_map"]
+__all__ = [
+    "capped_max_memory",
+    "free_bytes_by_ordinal",
+    "gpus_needed",
+    "kv_bytes_per_layer",
+    "plan_rows",
+    "resolve_map",
+    "rows_for",
+]

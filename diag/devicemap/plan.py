@@ -209,12 +209,14 @@ def summarize_modules(names: list[str], layers_prefix: str | None) -> str:
         if layers_prefix and name.startswith(layers_prefix + "."):
             rest = name[len(layers_prefix) + 1 :].split(".")[0]
             if rest.isdigit():
+                if not layer_numbers:
+                    parts.append("")  # the layer ranges go where the first layer appears
                 if int(rest) not in layer_numbers:
                     layer_numbers.append(int(rest))
                 continue
         parts.append(name or "(whole model)")
     if layer_numbers:
-        parts.insert(len(parts) and 1, _ranges("layers", sorted(layer_numbers)))
+        parts[parts.index("")] = _ranges("layers", sorted(layer_numbers))
     return ", ".join(parts)
 
 

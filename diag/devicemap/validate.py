@@ -198,8 +198,9 @@ def check_dict_map(
                                        fixed, details="accelerate.utils.check_device_map"))  # fmt: skip
     for name in buffer_only_modules(model):
         if not _covered(name, device_map):
-            report.warnings.append(Finding("MAP-007", f"{name} holds only non-persistent buffers and the map leaves it "
-                                           "out, so it stays on the CPU", {**device_map, name: _embed_device(device_map)}))  # fmt: skip
+            fixed = {**device_map, name: _embed_device(device_map)}
+            message = f"{name} holds only non-persistent buffers and the map leaves it out, so it stays on the CPU"
+            report.warnings.append(Finding("MAP-007", message, fixed))
     return report
 
 

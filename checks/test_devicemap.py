@@ -1,0 +1,213 @@
+"""Will the eval's device_map load on these GPUs, and fit? Asked before any weight is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from diag.checking import Check
+from diag.devicemap.cases import MapCase, write_map
+from diag.devicemap.fit import capped_max_memory, gpus_needed, plan_rows, resolve_map
+from diag.devicemap.validate import correct_dict_map, cuda_ordinal, resolved_device, transformers_rejects
+from diag.topology.records import Topology
+
+pytestmark = pytest.mark.diag
+
+
+def _usable(check: Check, case: MapCase) -> None:
+    if case.problem is not None:
+        if case.problem_code:
+            check.fail(case.problem_code, case.problem, subject="--model-args")
+        pytest.skip(case.problem)
+
+
+def _gpu_word(visible: int) -> str:
+    return f"{visible} GPU" + ("" if visible == 1 else "s")
+
+
+def test_model_args_parse_like_lmms_eval(diag_topology: Topology, check: Check, request: pytest.FixtureRequest) -> None:
+    from diag.devicemap.model_args import ModelArgsError, parse_model_args, parse_model_args_legacy
+
+    text = request.config.getoption("model_args")
+    if text is None:
+        pytest.skip("no --model-args given")
+    try:
+        parsed = parse_model_args(text)
+    except ModelArgsError as exc:
+        check.fail("MAP-009", f"lmms-eval would stop before loading the model: {exc} (--model_args {text!r})",
+                   subject="--model-args")  # fmt: skip
+    check.record("model_args", {k: repr(v) for k, v in parsed.items()})
+    try:
+        legacy = parse_model_args_legacy(text)
+    except ModelArgsError:
+        return
+    if set(legacy) != set(parsed):
+        spaced = sorted(k for k in legacy if k not in parsed)
+        check.warn("MAP-009", f"lmms-eval before PR #915 keeps the space in {spaced} and rejects the key "
+                   "(`Unexpected kwargs`)", "Remove the spaces after the commas in --model_args.")  # fmt: skip
+
+
+def test_device_map_is_accepted_by_transformers(map_case: MapCase, diag_topology: Topology, check: Check) -> None:
+    _usable(check, map_case)
+    assert map_case.source is not None
+    value = map_case.source.value
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        pytest.skip("a dict map goes through the key and value checks")
+    error = transformers_rejects(value)
+    if error is None:
+        return
+    visible = len(diag_topology.cuda.devices)
+    if isinstance(value, int):
+        check.fail("MAP-002", f"{map_case.source.text}: from_pretrained would raise {error}", subject="device_map")
+    suggestion = "device_map=auto" if visible > 1 else "device_map=cuda:0"
+    check.fail(
+        "MAP-001",
+        f"{map_case.source.text} ({map_case.source.origin}): from_pretrained would raise {error}",
+        f"Pass `{suggestion}` ({_gpu_word(visible)} visible): lmms-eval `--model_args pretrained=…,{suggestion}`; "
+        f'a script `from_pretrained(…, {suggestion.replace("=", "=" + chr(34))}")`.',
+        subject="device_map",
+        details=f"transformers' own check ran on the installed version and raised: {error}",
+    )
+
+
+def test_device_map_names_only_visible_gpus(
+    map_case: MapCase, diag_topology: Topology, diag_selection: object, check: Check, report_dir: Path
+) -> None:
+    _usable(check, map_case)
+    assert map_case.source is not None
+    value = map_case.source.value
+    visible = len(diag_topology.cuda.devices)
+    if map_case.source.kind == "strategy" or value is None:
+        return
+    if isinstance(value, dict):
+        ordinals = sorted({o for v in value.values() if (o := cuda_ordinal(v)) is not None})
+    elif transformers_rejects(value) is None:  # type: ignore[arg-type]
+        ordinal = cuda_ordinal(resolved_device(value))  # type: ignore[arg-type]
+        ordinals = [] if ordinal is None else [ordinal]
+    else:
+        pytest.skip("transformers rejects this value (see test_device_map_is_accepted_by_transformers)")
+    beyond = [o for o in ordinals if o >= visible]
+    if not beyond:
+        return
+    selected = list(diag_topology.selection.nvml_indices)
+    if isinstance(value, dict) and set(ordinals) <= set(selected):
+        remap = {nvml: cuda for cuda, nvml in enumerate(selected)}
+        fixed = {k: (remap[o] if (o := cuda_ordinal(v)) is not None and o in remap else v) for k, v in value.items()}
+        path = write_map(report_dir, map_case.id, fixed)
+        check.fail("MAP-004", f"the map uses nvidia-smi numbers {beyond}: this process sees cuda:0-{visible - 1} "
+                   f"(CUDA_VISIBLE_DEVICES={diag_topology.selection.cuda_visible_devices})",
+                   f"Use the corrected map {path} (physical GPU n -> cuda ordinal).", device_map_file=path,
+                   subject="device_map")  # fmt: skip
+    rank = "" if map_case.source.value != "cuda" else " (transformers 5 reads `cuda` as cuda:{LOCAL_RANK})"
+    check.fail("MAP-003", f"{map_case.source.text} names cuda:{beyond[0]}{rank}, but this process sees "
+               f"{_gpu_word(visible)} (cuda:0-{visible - 1}): CUDA error: invalid device ordinal",
+               subject="device_map")  # fmt: skip
+
+
+def test_device_map_covers_the_model(
+    map_case: MapCase, meta_model: torch.nn.Module, diag_topology: Topology, check: Check, report_dir: Path
+) -> None:
+    _usable(check, map_case)
+    assert map_case.source is not None
+    if not isinstance(map_case.source.value, dict):
+        pytest.skip("only a dict map names modules")
+    visible = len(diag_topology.cuda.devices)
+    fixed, _ = correct_dict_map(meta_model, map_case.source.value, visible, diag_topology.selection.nvml_indices)
+    from diag.devicemap.validate import check_dict_map
+
+    report = check_dict_map(meta_model, map_case.source.value, visible, diag_topology.selection.nvml_indices)
+    path = write_map(report_dir, map_case.id, fixed) if fixed is not None else None
+    for warning in report.warnings:
+        check.warn(warning.code, warning.message, f"Use the corrected map {path}." if path else None)
+    failures = [f for f in report.failures if f.code in ("MAP-005", "MAP-006", "MAP-008")]
+    if failures:
+        first = failures[0]
+        check.fail(first.code, "; ".join(f.message for f in failures),
+                   f"Use the corrected map {path}." if path else None, device_map_file=path,
+                   subject=map_case.source.text)  # fmt: skip
+
+
+def test_model_fits_in_gpu_memory(
+    map_case: MapCase, meta_model: torch.nn.Module, diag_topology: Topology, check: Check
+) -> None:
+    _usable(check, map_case)
+    assert map_case.source is not None and map_case.model is not None
+    device_map = resolve_map(map_case.source, meta_model, diag_topology)
+    if device_map is None:
+        pytest.skip("the map itself is not usable (see the checks above)")
+    rows = plan_rows(meta_model, map_case.model, device_map, diag_topology)
+    check.record("plan", [row.as_dict() for row in rows])
+    short = [r for r in rows if r.shortfall_bytes > 0]
+    offload = [r for r in rows if r.device in ("cpu", "disk") and r.planned_bytes > 0]
+    gib = 1024**3
+    gpus = [r for r in rows if r.free_bytes is not None]
+    total = sum(r.planned_bytes for r in rows)
+    shortfalls = "; ".join(
+        f"{r.device} (GPU {r.nvml_index}) holds {r.modules}: {r.planned_bytes / gib:.1f} GiB of weights + "
+        f"{r.reserve_bytes / gib:.1f} GiB reserve > {(r.free_bytes or 0) / gib:.1f} GiB free, "
+        f"{r.shortfall_bytes / gib:.1f} GiB short"
+        for r in short
+    )
+    if offload:
+        moved = sum(r.planned_bytes for r in offload)
+        largest = max((r.free_bytes or 0 for r in gpus), default=0)
+        strategy = str(map_case.source.value) if map_case.source.kind == "strategy" else "auto"
+        need = gpus_needed(meta_model, map_case.model, strategy, largest, len(gpus) + 1)
+        check.fail("MEM-002", f"{moved / gib:.1f} of {total / gib:.1f} GiB of {map_case.model.name} are planned onto "
+                   + " and ".join(r.device for r in offload) + f" ({offload[0].modules}): the selected GPUs' free "
+                   "memory does not hold the model" + (f"; {shortfalls}" if shortfalls else ""),
+                   f"Select {need} GPUs with {largest / gib:.0f} GiB free (now {len(gpus)}: the planner fits the "
+                   f"model on {need}), or load it in 8-bit/4-bit." if need else
+                   "No node of such GPUs holds this model in this dtype: load it in 8-bit/4-bit.",
+                   subject=map_case.model.name)  # fmt: skip
+    if short:
+        worst = max(short, key=lambda r: r.shortfall_bytes)
+        strategy = str(map_case.source.value) if map_case.source.kind == "strategy" else "auto"
+        free = {int(r.device.split(":")[1]): r.free_bytes or 0 for r in gpus}
+        caps = capped_max_memory(meta_model, map_case.model, strategy, free, rows)
+        if caps is None:
+            check.fail("MEM-001", shortfalls, subject=worst.device)
+        text = "{" + ", ".join(f'{o}: "{c // 1024**2}MiB"' for o, c in caps.items()) + "}"
+        check.fail("MEM-001", shortfalls, f"Cap each GPU to leave room for its reserve: from_pretrained(…, "
+                   f"device_map=\"{strategy}\", max_memory={text}); re-planned with these caps, every GPU fits.",
+                   subject=worst.device, details="The caps were checked by planning again with the same planner.",
+                   commands=[f"max_memory={text}"])  # fmt: skip
+
+
+def test_auto_split_uses_only_visible_gpus(map_case: MapCase, diag_topology: Topology, check: Check) -> None:
+    import os
+
+    from diag.devicemap.autosplit import SplitError, parse_cuda_visible_devices_like_vlmevalkit
+
+    _usable(check, map_case)
+    assert map_case.source is not None and map_case.model is not None
+    if map_case.source.origin != "AUTO_SPLIT":
+        pytest.skip("AUTO_SPLIT=1 is not set (or the model is not InternVL-Chat)")
+    cvd = diag_topology.selection.cuda_visible_devices
+    if cvd:
+        try:
+            parse_cuda_visible_devices_like_vlmevalkit(cvd)
+        except (ValueError, SplitError) as exc:
+            check.fail("SPLIT-002", f"VLMEvalKit's run.py cannot read CUDA_VISIBLE_DEVICES={cvd}: {exc}",
+                       subject="CUDA_VISIBLE_DEVICES")  # fmt: skip
+    visible = len(diag_topology.cuda.devices)
+    assert isinstance(map_case.source.value, dict)
+    used = sorted({int(v) for v in map_case.source.value.values()})
+    check.record("auto_split", {"gpus_used": used, "visible": visible})
+    if any(o >= visible for o in used):
+        check.fail("SPLIT-001", f"the AUTO_SPLIT map uses cuda:{used[-1]} but this process sees {_gpu_word(visible)}",
+                   subject="AUTO_SPLIT")  # fmt: skip
+    from diag.devicemap.cases import auto_split_source
+
+    try:
+        older = auto_split_source(map_case.model, diag_topology, os.environ, variant="dec09-2024")
+    except (AssertionError, ValueError) as exc:
+        check.warn("SPLIT-001", f"VLMEvalKit from Dec 9 to Dec 30 2024 (8 GPUs assumed) would fail here: {exc}")
+        return
+    assert isinstance(older.value, dict)
+    old_used = sorted({int(v) for v in older.value.values()})
+    if any(o >= visible for o in old_used):
+        check.warn("SPLIT-001", f"VLMEvalKit from Dec 9 to Dec 30 2024 assumed 8 GPUs from 0: it would address "
+                   f"cuda:{old_used[0]}-{old_used[-1]} here, where this process sees cuda:0-{visible - 1}")  # fmt: skip
