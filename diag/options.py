@@ -35,9 +35,21 @@ def _report_path(value: str) -> str:
     return value
 
 
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise argparse.ArgumentTypeError("empty value: expected a preset name or a model folder / config.json")
+def _model(value: str) -> str:
+    """A preset or a local config: resolved now so a typo is a usage error, not a failed run."""
+    from diag.twins import UnknownModel, resolve_model
+
+    try:
+        resolve_model(value)
+    except UnknownModel as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _device_map(value: str) -> str:
+    from diag.devicemap.sources import parse_device_map_option
+
+    parse_device_map_option(value)  # a malformed JSON object or @file is a usage error (DeviceMapSyntaxError)
     return value
 
 
@@ -67,17 +79,18 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--model",
-        type=_non_empty,
+        type=_model,
         default=None,
         metavar="NAME_OR_PATH",
         help="a preset (internvl2-76b, …) or a local model folder / config.json",
     )
     group.addoption(
         "--device-map",
+        type=_device_map,
         default=None,
         metavar="VALUE",
-        help="what the eval passes to from_pretrained: auto, balanced, sequential, cpu, cuda:N, "
-        "N, a JSON object, or @file.json",
+        help="what the eval passes to from_pretrained: auto, balanced, sequential, cpu, cuda:N, N, a JSON object, "
+        "or --device-map=@file.json (with =: pytest reads a lone @file argument as a file of arguments)",
     )
     group.addoption(
         "--model-args",
