@@ -7,7 +7,7 @@ import pytest
 from diag.checking import Check
 from diag.envfacts import busy_reasons, compare_view, describe_gpu, freest_gpus, is_mixed, parse_cuda_version
 from diag.topology.records import Gpu, Node, Selection, Topology
-from diag.topology.selection import PCI_BUS_ID
+from diag.topology.selection import PCI_BUS_ID, uuid_matches
 
 pytestmark = pytest.mark.diag
 
@@ -26,14 +26,31 @@ def test_selected_gpus_exist(gpu_node: Node, diag_selection: Selection, check: C
         check.fail("ENV-002", f"CUDA_VISIBLE_DEVICES is empty: no GPU is selected ({available}).",
                    commands=["nvidia-smi -L"])  # fmt: skip
     if diag_selection.missing:
-        named = ", ".join(diag_selection.missing)
+        problems = []
+        for token in diag_selection.missing:
+            hits = [] if token.isdigit() else uuid_matches(gpu_node, token)
+            if len(hits) > 1:
+                problems.append(f"{token} matches GPUs {', '.join(str(i) for i, _ in hits)} (give more of the UUID)")
+            else:
+                problems.append(f"{token} is not on this node")
         check.fail(
             "ENV-002",
-            f"{diag_selection.origin} names GPUs this node does not have: {named} ({available}); "
-            "CUDA hides an unknown entry and every entry after it.",
+            f"{diag_selection.origin}: {'; '.join(problems)} ({available}); "
+            "CUDA hides an entry it cannot use and every entry after it.",
             f"Select GPUs that `nvidia-smi -L` lists; {available}.",
-            subject=f"GPU {named}",
+            subject=", ".join(f"GPU {t}" if t.isdigit() else t for t in diag_selection.missing),
             commands=["nvidia-smi -L"],
+        )
+    indices = [e.nvml_index for e in diag_selection.found]
+    twice = sorted({i for i in indices if indices.count(i) > 1})
+    if twice:
+        names = {i: [e.token for e in diag_selection.found if e.nvml_index == i] for i in twice}
+        check.fail(
+            "ENV-002",
+            "; ".join(f"GPU {i} is selected twice ({', '.join(t)})" for i, t in names.items())
+            + ": CUDA hides a repeated entry and every entry after it.",
+            "Name each GPU once.",
+            subject=", ".join(f"GPU {i}" for i in twice),
         )
 
 
@@ -146,11 +163,14 @@ def test_selected_gpu_is_not_in_mig_mode(diag_selection: Selection, selected_gpu
         return
     tokens = [e.token for e in diag_selection.entries if e.nvml_index == selected_gpu.nvml_index]
     if any(t.upper().startswith("MIG-") for t in tokens):
-        check.warn("ENV-007", f"{describe_gpu(selected_gpu)} is used as a MIG instance: a fraction of its memory.")
+        check.warn("ENV-007", f"{describe_gpu(selected_gpu)} is used through a MIG instance: a slice of the GPU, "
+                   "with no peer access.")  # fmt: skip
         return
     check.fail(
         "ENV-007",
         f"{describe_gpu(selected_gpu)} is in MIG mode: CUDA cannot use it as a whole GPU.",
+        f"Select another GPU, a MIG instance of it by its MIG- UUID (nvidia-smi -L), or ask the admin to disable "
+        f"MIG: nvidia-smi -i {selected_gpu.nvml_index} -mig 0, then reset the GPU.",
         subject=f"GPU {selected_gpu.nvml_index}",
         commands=[f"nvidia-smi -i {selected_gpu.nvml_index} -L"],
     )

@@ -37,10 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print(text: str) -> None:
+    try:
+        print(text)
+    except BrokenPipeError:  # `python -m diag fix-codes | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "fix-codes":
-        print(catalog_markdown())
+        _print(catalog_markdown())
         return 0
     if args.simulate and args.topology:
         _parser().error("--simulate and --topology both describe the node: give one of them")
@@ -49,10 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         env.update(CUDA_DEVICE_ORDER=PCI_BUS_ID, CUDA_VISIBLE_DEVICES=",".join(args.gpus))
     topology = build_topology(env=env, gpus=args.gpus, simulate=args.simulate, replay=args.topology)
     data = node_to_dict(topology.node)
+    # A captured node records the probe's torch CUDA build, so a replay judges the same torch.
+    data["torch_cuda"] = data["torch_cuda"] or topology.cuda.torch_cuda
     if args.gpus:
         data["view"] = topology_section(topology)["selection"] | {"cuda": topology_section(topology)["cuda"]}
-    json.dump(data, sys.stdout, indent=2)
-    print()
+    _print(json.dumps(data, indent=2))
     return 1 if topology.node.nvml_error else 0
 
 

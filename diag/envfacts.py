@@ -60,7 +60,7 @@ def compare_view(topology: Topology) -> ViewMismatch:
         by_uuid[uuid_key(gpu.uuid)] = gpu
         for mig in gpu.mig_uuids:
             by_uuid[uuid_key(mig)] = gpu
-    expected = [uuid_key(e.uuid or "") for e in selection.found]
+    expected = list(dict.fromkeys(uuid_key(e.uuid or "") for e in selection.found))  # a GPU named twice counts once
     seen = [uuid_key(d.uuid) for d in topology.cuda.devices]
     unseen = tuple(by_uuid[u] for u in expected if u not in seen)
     extra = tuple(
@@ -70,7 +70,7 @@ def compare_view(topology: Topology) -> ViewMismatch:
     )
     order: list[tuple[int, Gpu, Gpu]] = []
     if not unseen and not extra:
-        for cuda_index, (got, want) in enumerate(zip(seen, expected, strict=True)):
+        for cuda_index, (got, want) in enumerate(zip(seen, expected, strict=False)):
             if got != want:
                 order.append((cuda_index, by_uuid[got], by_uuid[want]))
     return ViewMismatch(unseen, extra, tuple(order))

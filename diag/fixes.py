@@ -113,8 +113,12 @@ _CATALOG: tuple[FixCode, ...] = (
         "'sequential' but found {value}.` The lmms-eval classes llava_hf, idefics2, llama_vision and aria "
         "default to the empty value.",
         "Pass `device_map=auto` in --model_args for several GPUs, or `device_map=cuda:0` for one GPU.",
-        ("EvolvingLMMs-Lab/lmms-eval#33", "EvolvingLMMs-Lab/lmms-eval#438", "EvolvingLMMs-Lab/lmms-eval#19",
-         "FACTS.md: transformers: device_map strings"),
+        (
+            "EvolvingLMMs-Lab/lmms-eval#33",
+            "EvolvingLMMs-Lab/lmms-eval#438",
+            "EvolvingLMMs-Lab/lmms-eval#19",
+            "FACTS.md: transformers: device_map strings",
+        ),
     ),
     FixCode(
         "MAP-002",
@@ -167,8 +171,13 @@ _CATALOG: tuple[FixCode, ...] = (
         "cpu and cuda:0!`; 4.52 and later copy it to the GPU each step.",
         "Add the module to the map on the embeddings' GPU, as InternVL's split_model does "
         "(`device_map['language_model.model.rotary_emb'] = 0`).",
-        ("OpenGVLab/InternVL#774", "OpenGVLab/InternVL#688", "OpenGVLab/InternVL#789", "open-compass/VLMEvalKit#723",
-         "huggingface/transformers#35583"),
+        (
+            "OpenGVLab/InternVL#774",
+            "OpenGVLab/InternVL#688",
+            "OpenGVLab/InternVL#789",
+            "open-compass/VLMEvalKit#723",
+            "huggingface/transformers#35583",
+        ),
     ),
     FixCode(
         "MAP-008",

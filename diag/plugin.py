@@ -40,10 +40,9 @@ def _apply_gpus(state: DiagState, gpus: tuple[str, ...]) -> None:
     cuda_started = bool(torch is not None and getattr(torch, "cuda", None) and torch.cuda.is_initialized())
     if cuda_started and any(os.environ.get(k) != v for k, v in wanted.items()):
         fix = lookup("ENV-010")
-        raise pytest.UsageError(
-            f"[ENV-010] --gpus {','.join(gpus)} cannot apply: {fix.cause} Fix: run "
-            f"`CUDA_DEVICE_ORDER={PCI_BUS_ID} CUDA_VISIBLE_DEVICES={','.join(gpus)} pytest …` instead."
-        )
+        summary = f"Run `CUDA_DEVICE_ORDER={PCI_BUS_ID} CUDA_VISIBLE_DEVICES={','.join(gpus)} pytest …` instead."
+        state.record_configure_error("ENV-010", f"--gpus {','.join(gpus)} cannot apply: {fix.cause}", summary)
+        raise pytest.UsageError(f"[ENV-010] --gpus {','.join(gpus)} cannot apply: {fix.cause} Fix: {summary}")
     for name, value in wanted.items():
         state.saved_env[name] = os.environ.get(name)
         os.environ[name] = value

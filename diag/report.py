@@ -38,7 +38,12 @@ def redacted_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: (REDACTED if is_secret_name(k) else v) for k, v in sorted(kept.items())}
 
 
-_KEY_VALUE = re.compile(r"(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)=(?P<value>[^,\s]*)")
+# A secret-named key and its value, wherever it stands: `token=…`, `--model-args=token=…`, `api_key="a b"`.
+_SECRET_VALUE = re.compile(
+    r"(?P<key>[A-Za-z0-9_.-]*(?:TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL)[A-Za-z0-9_.-]*)"
+    r"=(?P<value>\"[^\"]*\"?|'[^']*'?|[^,\s]*)",
+    re.IGNORECASE,
+)
 
 
 def redacted_command(args: Sequence[str]) -> str:
@@ -52,7 +57,7 @@ def redacted_command(args: Sequence[str]) -> str:
             continue
         if arg.startswith("--") and "=" not in arg and is_secret_name(arg):
             hide_next = True
-        out.append(_KEY_VALUE.sub(lambda m: f"{m['key']}={REDACTED}" if is_secret_name(m["key"]) else m[0], arg))
+        out.append(_SECRET_VALUE.sub(lambda m: f"{m['key']}={REDACTED}", arg))
     return " ".join(out)
 
 
@@ -77,7 +82,11 @@ def installed_torch_cuda() -> str | None:
     return None
 
 
-def environment_section(topology: Topology | None, environ: Mapping[str, str]) -> dict[str, Any]:
+def environment_section(
+    topology: Topology | None, environ: Mapping[str, str], overridden: Mapping[str, str | None] | None = None
+) -> dict[str, Any]:
+    """Versions, driver and the environment in force for the run; `env_before_diag` keeps what --gpus replaced."""
+    before = {k: (REDACTED if is_secret_name(k) else v) for k, v in (overridden or {}).items()}
     return {
         "python": platform.python_version(),
         "torch": _version("torch"),
@@ -88,6 +97,7 @@ def environment_section(topology: Topology | None, environ: Mapping[str, str]) -
         "driver": topology.node.driver_version if topology else None,
         "cuda_driver": topology.node.cuda_driver_version if topology else None,
         "env": redacted_env(environ),
+        "env_before_diag": before,
     }
 
 
@@ -148,13 +158,14 @@ def build_report(
     checks: Sequence[Mapping[str, Any]],
     duration_s: float,
     environ: Mapping[str, str],
+    overridden: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
-    """The whole report as JSON data."""
+    """The whole report as JSON data (DESIGN.md's `diag-report/1`; fields beyond it are additions, never renames)."""
     return {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": redacted_command(command),
-        "environment": environment_section(topology, environ),
+        "environment": environment_section(topology, environ, overridden),
         "topology": topology_section(topology),
         "summary": summary_section(checks, duration_s),
         "checks": list(checks),

@@ -122,6 +122,14 @@ class DiagState:
             "fix": _catalog_fix(fix.code), "references": list(fix.references), "warnings": [], "data": {},
         }  # fmt: skip
 
+    def record_configure_error(self, code: str, message: str, summary: str) -> None:
+        """A finding that stops the run before any check (ENV-010): it is the report's one entry."""
+        fix = {**_catalog_fix(code), "summary": summary}
+        self.results["diag::configure"] = {
+            "nodeid": "diag::configure", "outcome": "error", "duration_s": 0.0, "code": code, "message": message,
+            "subject": None, "fix": fix, "references": list(lookup(code).references), "warnings": [], "data": {},
+        }  # fmt: skip
+
     def report(self) -> dict[str, Any]:
         checks = list(self.results.values())
         if self.internal_error:
@@ -140,6 +148,7 @@ class DiagState:
             checks=checks,
             duration_s=time.monotonic() - self.started,
             environ=os.environ,
+            overridden=self.saved_env,
         )
 
     def write(self) -> None:

@@ -42,18 +42,38 @@ class Run:
         return self.result.stdout.str()
 
 
+@pytest.fixture(scope="session")
+def warm_imports() -> None:
+    """Import once, in this process, what the checks import lazily.
+
+    pytester's in-process runs forget every module imported during a run; importing torch.distributed or a
+    transformers model module a second time then fails in torch's operator registry. Importing them here,
+    before any run, keeps them.
+    """
+    from diag.devicemap.plan import plan_device_map
+    from diag.devicemap.validate import transformers_rejects
+    from diag.twins import PRESETS, build_meta
+
+    transformers_rejects("")
+    seen = set()
+    for spec in PRESETS.values():
+        if spec.family not in seen:
+            seen.add(spec.family)
+            plan_device_map(build_meta(spec), "auto", {0: 2**40, "cpu": 2**40})
+
+
 @pytest.fixture
-def run_checks(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
+def run_checks(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, warm_imports: None) -> Callable[..., Run]:
     """Run the shipped checks/ with the given options in a fresh directory, in process, and load the report."""
     shutil.copytree(REPO / "checks", pytester.path / "checks", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "LOCAL_WORLD_SIZE", "WORLD_SIZE", "AUTO_SPLIT"):
         monkeypatch.delenv(name, raising=False)
 
-    def run(*args: str, report: Path | None = None) -> Run:
+    def run(*args: str, report: Path | None = None, target: str = "checks") -> Run:
         path = report or pytester.path / "reports" / "diag-report.json"
         # hypothesis's plugin imports hypothesis at the summary (about 1 s), and pytester forgets it after each run.
         result = pytester.runpytest(
-            "checks", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "--diag-report", str(path), *args
+            target, "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "--diag-report", str(path), *args
         )
         return Run(result, json.loads(path.read_text()))
 

@@ -9,6 +9,13 @@ import pytest
 
 from tests.conftest import SCHEMA
 
+
+@pytest.fixture
+def run_checks(run_checks):
+    """The environment checks alone: checks/test_env.py."""
+    return lambda *args, **kw: run_checks(*args, target="checks/test_env.py", **kw)
+
+
 ENV_CHECKS = {
     "test_nvidia_driver_and_nvml_answer",
     "test_selected_gpus_exist",

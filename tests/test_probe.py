@@ -269,6 +269,18 @@ def test_child_turns_a_cuda_exception_into_an_error(
     assert payload["error"] == "RuntimeError: CUDA error: unknown error"
 
 
+def _installed_torch_is_cpu_only() -> bool:
+    from diag.report import installed_torch_cuda
+
+    return installed_torch_cuda() is None
+
+
+# The real child must never query GPUs from `pytest` (tests/ never touch hardware): with a CUDA build of torch
+# installed, these two tests are skipped; the faked-child tests above cover that path.
+cpu_only = pytest.mark.skipif(not _installed_torch_is_cpu_only(), reason="torch is a CUDA build: not probing GPUs")
+
+
+@cpu_only
 def test_real_child_on_a_cpu_only_torch() -> None:
     torch_was_imported = "torch" in sys.modules
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
@@ -283,6 +295,7 @@ def test_real_child_on_a_cpu_only_torch() -> None:
         assert "torch" not in sys.modules
 
 
+@cpu_only
 def test_run_probe_does_not_import_torch_in_the_parent() -> None:
     # A fresh interpreter, since this test process may have imported torch for other reasons.
     code = (

@@ -64,8 +64,9 @@ def test_a_report_without_a_node_still_matches_the_schema():
 
 
 def test_torch_cuda_is_read_without_importing_torch():
-    # This machine's torch is the CPU build: torch/version.py says cuda = None.
-    assert installed_torch_cuda() is None
+    import torch
+
+    assert installed_torch_cuda() == torch.version.cuda  # None for the CPU build, "12.4" for a cu124 wheel
     code = "import sys, diag.report as r; r.installed_torch_cuda(); print('torch' in sys.modules)"
     import subprocess
     import sys
@@ -156,3 +157,34 @@ def test_cuda_already_initialised_is_a_loud_usage_error(pytester, monkeypatch):
     result = pytester.runpytest("-p", "no:hypothesispytest", "--simulate", "8xA100-80GB", "--gpus", "4,5")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*[[]ENV-010[]] --gpus 4,5 cannot apply*CUDA_VISIBLE_DEVICES=4,5 pytest*"])
+
+
+@pytest.mark.parametrize(
+    ("arg", "secret"),
+    [("--model-args=token=hf_abc,device_map=auto", "hf_abc"), ('api_key="a b",x=1', "b"),
+     ("pretrained=x,HF_TOKEN=zz9", "zz9"), ("password='p w'", "p w")],
+)  # fmt: skip
+def test_secrets_are_hidden_in_every_argument_shape(arg, secret):
+    command = redacted_command(["pytest", arg])
+    assert secret not in command.replace("api_key", "").replace("device_map=auto", "")
+    assert REDACTED in command
+
+
+def test_an_env010_run_leaves_a_report_that_says_so(pytester, monkeypatch):
+    fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: True))
+    monkeypatch.setitem(__import__("sys").modules, "torch", fake_torch)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    report = pytester.path / "r.json"
+    result = pytester.runpytest("-p", "no:hypothesispytest", "--simulate", "2xA100-80GB", "--gpus", "1",
+                                "--diag-report", str(report))  # fmt: skip
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    data = json.loads(report.read_text())
+    assert [(c["code"], c["outcome"]) for c in data["checks"]] == [("ENV-010", "error")]
+    assert data["summary"]["errors"] == 1
+
+
+def test_the_report_keeps_what_gpus_replaced(run_checks, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    run = run_checks("--simulate", "8xA100-80GB", "--gpus", "4,5")
+    assert run.report["environment"]["env"]["CUDA_VISIBLE_DEVICES"] == "4,5"
+    assert run.report["environment"]["env_before_diag"] == {"CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": None}

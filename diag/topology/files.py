@@ -75,7 +75,8 @@ def node_from_dict(data: dict[str, Any], *, replayed: bool = True) -> Node:
         p2p=p2p,
         spec=data.get("spec"),
         torch_cuda=data.get("torch_cuda"),
-        nvml_error=None if replayed or not nvml_error else NvmlUnavailable(**nvml_error),
+        # A node captured where NVML failed replays as that failure, not as a node without GPUs.
+        nvml_error=NvmlUnavailable(**nvml_error) if nvml_error else None,
     )
 
 

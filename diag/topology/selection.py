@@ -45,13 +45,17 @@ def split_visible_devices(value: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in value.split(",")) if value.strip() else ()
 
 
-def _match_uuid(node: Node, token: str) -> tuple[int, str] | None:
-    """The GPU (or MIG instance) a UUID or unique UUID prefix names, as (nvml_index, full uuid)."""
+def uuid_matches(node: Node, token: str) -> list[tuple[int, str]]:
+    """Every GPU (or MIG instance) a UUID or UUID prefix names, as (nvml_index, full uuid)."""
     wanted = token.lower()
     if wanted.startswith("mig-"):
-        hits = [(g.nvml_index, u) for g in node.gpus for u in g.mig_uuids if u.lower() == wanted]
-    else:
-        hits = [(g.nvml_index, g.uuid) for g in node.gpus if g.uuid.lower().startswith(wanted)]
+        return [(g.nvml_index, u) for g in node.gpus for u in g.mig_uuids if u.lower() == wanted]
+    return [(g.nvml_index, g.uuid) for g in node.gpus if g.uuid.lower().startswith(wanted)]
+
+
+def _match_uuid(node: Node, token: str) -> tuple[int, str] | None:
+    """The GPU a UUID or unique UUID prefix names; an ambiguous prefix names none (CUDA refuses it too)."""
+    hits = uuid_matches(node, token)
     return hits[0] if len(hits) == 1 else None
 
 

@@ -1,0 +1,29 @@
+"""Twins of the evaluated models: the real module tree, at full width on the meta device or tiny on the CPU.
+
+A twin has the real model's dotted module names, layer counts, `_no_split_modules` and tied weights.
+HF-native families (LLaVA, LLaVA-NeXT, Qwen2-VL) are the installed transformers' own classes; families that
+ship remote code (InternVL-Chat, CogVLM) are this package's modules mirroring upstream's names and the steps of
+forward and generate that depend on devices, built on transformers' classes where upstream builds on them.
+Nothing is downloaded and no remote code runs.
+"""
+
+from __future__ import annotations
+
+from diag.twins.build import build_meta, build_tiny, example_inputs
+from diag.twins.layout import LmLayout, language_model_layout, no_split_modules
+from diag.twins.spec import FAMILIES, PRESETS, ModelSpec, UnknownModel, preset_for_checkpoint, resolve_model
+
+__all__ = [
+    "FAMILIES",
+    "PRESETS",
+    "LmLayout",
+    "ModelSpec",
+    "UnknownModel",
+    "build_meta",
+    "build_tiny",
+    "example_inputs",
+    "language_model_layout",
+    "no_split_modules",
+    "preset_for_checkpoint",
+    "resolve_model",
+]
