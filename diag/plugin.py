@@ -163,7 +163,7 @@ def plan_table(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         gpu = "" if row["nvml_index"] is None else str(row["nvml_index"])
         free = "" if row["free_gib"] is None else f"{row['free_gib']:.1f}"
-        mark = "  <- short by %.1f GiB" % row["shortfall_gib"] if row["shortfall_gib"] else ""
+        mark = f"  <- short by {row['shortfall_gib']:.1f} GiB" if row["shortfall_gib"] else ""
         lines.append(f"{row['device']:8} {gpu:>4} {row['planned_gib']:11.1f} {row['reserve_gib']:11.1f} "
                      f"{free:>9}  {row['modules'] or '-'}{mark}")  # fmt: skip
     return lines

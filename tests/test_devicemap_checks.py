@@ -7,6 +7,7 @@ installed code (module names in maps, what `cuda` resolves to), and the tests re
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +61,7 @@ def test_a_map_in_physical_numbers_is_remapped_and_written(run_checks, pytester)
                      f"--device-map=@{path}")  # fmt: skip
     entry = _fails(run, "test_device_map_names_only_visible_gpus[llava-1.5-7b-device-map]")
     assert entry["code"] == "MAP-004"
-    fixed = json.loads(open(entry["fix"]["device_map_file"]).read())
+    fixed = json.loads(Path(entry["fix"]["device_map_file"]).read_text())
     assert fixed == {name: value - 4 for name, value in physical.items()}
     assert layout.num_layers == 32
 
