@@ -190,14 +190,15 @@ def check_dict_map(
             report.failures.append(Finding("MAP-003", f"the map names cuda ordinals {beyond} but this process sees "
                                            f"{visible} GPU(s) (cuda:0-{visible - 1})"))  # fmt: skip
     uncovered = _uncovered_parameters(model, device_map)
+    modules = _top_modules(model, uncovered) if uncovered else []
     if uncovered:
         first = next((v for v in device_map.values() if cuda_ordinal(v) is not None), 0)
-        modules = _top_modules(model, uncovered)
         fixed = {**device_map, **{name: first for name in modules}}
         report.failures.append(Finding("MAP-006", f"{len(uncovered)} parameters get no device, in {_shorten(modules)}",
                                        fixed, details="accelerate.utils.check_device_map"))  # fmt: skip
     for name in buffer_only_modules(model):
-        if not _covered(name, device_map):
+        # A buffer-only module inside a module that is uncovered anyway is placed by that module's fix.
+        if not _covered(name, device_map) and not any(name.startswith(m + ".") for m in modules):
             fixed = {**device_map, name: _embed_device(device_map)}
             message = f"{name} holds only non-persistent buffers and the map leaves it out, so it stays on the CPU"
             report.warnings.append(Finding("MAP-007", message, fixed))

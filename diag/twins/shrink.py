@@ -49,7 +49,7 @@ def tiny_text(text: Mapping[str, Any]) -> Config:
         **EAGER,
     )
     # Rope scaling changes values, not devices, and some kinds (Phi-3 longrope) are sized by the full head width.
-    out["rope_scaling"] = None
+    out.pop("rope_scaling", None)
     return out
 
 
