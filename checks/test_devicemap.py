@@ -176,7 +176,9 @@ def test_model_fits_in_gpu_memory(
                    commands=[f"max_memory={text}"])  # fmt: skip
 
 
-def test_auto_split_uses_only_visible_gpus(map_case: MapCase, diag_topology: Topology, check: Check) -> None:
+def test_auto_split_uses_only_visible_gpus(
+    map_case: MapCase, diag_topology: Topology, check: Check, request: pytest.FixtureRequest
+) -> None:
     import os
 
     from diag.devicemap.autosplit import SplitError, parse_cuda_visible_devices_like_vlmevalkit
@@ -201,8 +203,10 @@ def test_auto_split_uses_only_visible_gpus(map_case: MapCase, diag_topology: Top
                    subject="AUTO_SPLIT")  # fmt: skip
     from diag.devicemap.cases import auto_split_source
 
+    processes = request.config.getoption("processes")
+    env = {**os.environ, **({"LOCAL_WORLD_SIZE": str(processes)} if processes else {})}
     try:
-        older = auto_split_source(map_case.model, diag_topology, os.environ, variant="dec09-2024")
+        older = auto_split_source(map_case.model, diag_topology, env, variant="dec09-2024")
     except (AssertionError, ValueError) as exc:
         check.warn("SPLIT-001", f"VLMEvalKit from Dec 9 to Dec 30 2024 (8 GPUs assumed) would fail here: {exc}")
         return

@@ -160,3 +160,12 @@ def test_bad_model_and_map_options_are_one_line_usage_errors(pytester, args, lin
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([line])
     assert "Traceback" not in result.stderr.str()
+
+
+def test_auto_split_with_two_processes_gives_each_its_own_slice(run_checks, monkeypatch):
+    monkeypatch.setenv("AUTO_SPLIT", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    run = run_checks("--simulate", "8xA100-80GB", "--model", "internvl2-76b", "--processes", "2")
+    entry = run.check("test_auto_split_uses_only_visible_gpus[internvl2-76b-auto-split]")
+    assert entry["outcome"] == "passed", run.text
+    assert entry["data"]["auto_split"]["gpus_used"] == [4, 5, 6, 7]  # rank 1 of 2 on 8 GPUs

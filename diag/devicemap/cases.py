@@ -70,6 +70,8 @@ def _source(options: DiagOptions, model: ModelSpec, topology: Topology, env: Map
         if source is not None:
             return _case(model, source)
     if env.get("AUTO_SPLIT") == "1" and model.family == "internvl-chat":
+        if options.processes is not None:  # --processes stands for the launcher's LOCAL_WORLD_SIZE
+            env = {**env, "LOCAL_WORLD_SIZE": str(options.processes)}
         try:
             return _case(model, auto_split_source(model, topology, env))
         except (AssertionError, ValueError) as exc:  # what VLMEvalKit's own split raises for this layout
