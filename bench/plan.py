@@ -31,9 +31,10 @@ built = time.perf_counter()
 device_map = plan_device_map(model, "auto", {**{i: 80 * GIB for i in range(gpus)}, "cpu": 512 * GIB})
 planned = time.perf_counter()
 real = sum(t.numel() for t in model.parameters() if not t.is_meta)
-print(json.dumps({"build_s": built - start, "plan_s": planned - built, "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
-                  "real_params": real, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "devices": sorted({str(v) for v in device_map.values()})}))
+params_b = sum(p.numel() for p in model.parameters()) / 1e9
+rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"build_s": built - start, "plan_s": planned - built, "params_b": params_b, "real_params": real,
+                  "peak_rss_mib": rss_mib, "devices": sorted({str(v) for v in device_map.values()})}))
 """
 
 
@@ -47,7 +48,9 @@ def main() -> None:
     from diag.twins import PRESETS
 
     rows = []
-    print(f"{'preset':16} {'params B':>8} {'build s':>8} {'plan s':>7} {'total s':>8} {'spread s':>8} {'peak RSS MiB':>12}")
+    print(
+        f"{'preset':16} {'params B':>8} {'build s':>8} {'plan s':>7} {'total s':>8} {'spread s':>8} {'peak RSS MiB':>12}"
+    )
     for name in sorted(PRESETS):
         runs = []
         for _ in range(options.repeat):
@@ -66,8 +69,10 @@ def main() -> None:
             "real_params": max(r["real_params"] for r in runs),
         }
         rows.append(row)
-        print(f"{name:16} {row['params_b']:8.2f} {row['build_s']:8.3f} {row['plan_s']:7.3f} {row['total_s']:8.3f} "
-              f"{row['spread_s']:8.3f} {row['peak_rss_mib']:12.0f}")
+        print(
+            f"{name:16} {row['params_b']:8.2f} {row['build_s']:8.3f} {row['plan_s']:7.3f} {row['total_s']:8.3f} "
+            f"{row['spread_s']:8.3f} {row['peak_rss_mib']:12.0f}"
+        )
     Path(options.json).parent.mkdir(parents=True, exist_ok=True)
     Path(options.json).write_text(json.dumps({"gpus": options.gpus, "repeat": options.repeat, "rows": rows}, indent=2))
     print(f"written: {options.json}  (real_params must be 0: planning allocates no weight)")

@@ -53,10 +53,7 @@ def resolve_map(source: DeviceMapSource, model: torch.nn.Module, topology: Topol
     """The map from_pretrained ends up with; None when the value itself is unusable (other checks say why)."""
     value = source.value
     if source.kind == "strategy":
-        memory: dict[int | str, int] = {"cpu": host_memory_bytes()}
-        for ordinal, free in free_bytes_by_ordinal(topology).items():
-            memory[ordinal] = free
-        return plan_device_map(model, str(value), memory)
+        return plan_device_map(model, str(value), _budget(free_bytes_by_ordinal(topology)))
     if isinstance(value, dict):
         visible = len(topology.cuda.devices)
         fixed, report = correct_dict_map(model, value, visible, topology.selection.nvml_indices)
@@ -104,7 +101,7 @@ def gpus_needed(model: torch.nn.Module, spec: ModelSpec, strategy: str, free_eac
     """
     for count in range(max(start, 1), 65):
         free = dict.fromkeys(range(count), free_each)
-        memory: dict[int | str, int] = {"cpu": host_memory_bytes(), **free}
+        memory = _budget(free)
         device_map = plan_device_map(model, strategy if strategy in STRATEGIES else "auto", memory)
         rows = rows_for(model, spec, device_map, free, dict.fromkeys(free))
         if all(r.shortfall_bytes == 0 for r in rows) and not any(r.free_bytes is None for r in rows):
@@ -118,13 +115,21 @@ def capped_max_memory(
     """A max_memory that leaves each GPU its reserve, if the same planner then fits the model on these GPUs."""
     caps = {o: max(free[o] - max(r.reserve_bytes, CONTEXT_RESERVE_BYTES), 0) for o, r in _by_ordinal(rows).items()}
     for _ in range(3):
-        memory: dict[int | str, int] = {"cpu": host_memory_bytes(), **caps}
+        memory = _budget(caps)
         device_map = plan_device_map(model, strategy if strategy in STRATEGIES else "auto", memory)
         planned = rows_for(model, spec, device_map, free, dict.fromkeys(free))
         if all(r.shortfall_bytes == 0 for r in planned) and all(r.free_bytes is not None for r in planned):
             return caps
         caps = {o: max(caps[o] - r.shortfall_bytes, 0) for o, r in _by_ordinal(planned).items()}
     return None
+
+
+def _budget(gpus: Mapping[int, int]) -> dict[int | str, int]:
+    """A max_memory for the planner: these GPUs, and this machine's available memory as the CPU."""
+    memory: dict[int | str, int] = {"cpu": host_memory_bytes()}
+    for ordinal, free in gpus.items():
+        memory[ordinal] = free
+    return memory
 
 
 def _by_ordinal(rows: list[PlanRow]) -> dict[int, PlanRow]:
