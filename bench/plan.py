@@ -48,9 +48,8 @@ def main() -> None:
     from diag.twins import PRESETS
 
     rows = []
-    print(
-        f"{'preset':16} {'params B':>8} {'build s':>8} {'plan s':>7} {'total s':>8} {'spread s':>8} {'peak RSS MiB':>12}"
-    )
+    header = ("params B", "build s", "plan s", "total s", "spread s", "peak RSS MiB")
+    print(f"{'preset':16} " + " ".join(f"{h:>8}" for h in header))
     for name in sorted(PRESETS):
         runs = []
         for _ in range(options.repeat):
