@@ -41,8 +41,8 @@ def main() -> None:
         report = str(Path(tmp, "diag-report.json"))
         cases = {"baseline: pytest, one trivial test": (["test_trivial.py"], baseline_dir)}
         for gpus in (1, 8, 64):
-            cases[f"pytest checks/ --simulate {gpus}xA100-80GB"] = (
-                ["checks/", "--simulate", f"{gpus}xA100-80GB", "--diag-report", report],
+            cases[f"pytest checks/test_env.py --simulate {gpus}xA100-80GB"] = (
+                ["checks/test_env.py", "--simulate", f"{gpus}xA100-80GB", "--diag-report", report],
                 REPO,
             )
         samples: dict[str, list[float]] = {name: [] for name in cases}
@@ -51,12 +51,12 @@ def main() -> None:
                 samples[name].append(_time(args, cwd))
     base = statistics.median(samples["baseline: pytest, one trivial test"])
     rows = []
-    print(f"{'case':48} {'median s':>9} {'spread s':>9} {'added s':>8}")
+    print(f"{'case':56} {'median s':>9} {'spread s':>9} {'added s':>8}")
     for name, values in samples.items():
         median = statistics.median(values)
         spread = max(values) - min(values)
         rows.append({"case": name, "median_s": median, "spread_s": spread, "added_s": median - base})
-        print(f"{name:48} {median:9.3f} {spread:9.3f} {median - base:8.3f}")
+        print(f"{name:56} {median:9.3f} {spread:9.3f} {median - base:8.3f}")
     Path(options.json).parent.mkdir(parents=True, exist_ok=True)
     Path(options.json).write_text(json.dumps({"repeat": options.repeat, "rows": rows}, indent=2) + "\n")
     print(f"written: {options.json}")
