@@ -212,6 +212,69 @@ _CATALOG: tuple[FixCode, ...] = (
         ("FACTS.md: VLMEvalKit: AUTO_SPLIT and GPU slicing",),
     ),
     FixCode(
+        "FWD-001",
+        "A module left out of the map stays on the CPU and meets GPU tensors",
+        "A module that holds only buffers (the model-level `rotary_emb`) was left out of a hand-written map, so "
+        "it stayed on the CPU; on transformers 4.43-4.50 the first forward fails with `Expected all tensors to "
+        "be on the same device, but found at least two devices, cpu and cuda:0!` in the rotary matmul.",
+        "Add the module to the map on the embeddings' GPU (diag wrote the map and re-ran the twin with it).",
+        ("OpenGVLab/InternVL#774", "OpenGVLab/InternVL#688", "OpenGVLab/InternVL#789", "open-compass/VLMEvalKit#723"),
+    ),
+    FixCode(
+        "FWD-002",
+        "The head returns logits on another GPU than the embeddings during generate",
+        "With the head on the last GPU (device_map=auto), transformers up to 4.45 multiplies the next tokens "
+        "(on the head's GPU) by a mask made on the inputs' GPU; InternVL-Chat calls `language_model.generate` on "
+        "the inner model, so its logits are not moved back: `… found at least two devices, cuda:3 and cuda:0!`.",
+        "Pin the head, the final norm and the last decoder layer to the embeddings' GPU, as InternVL's "
+        "split_model does (diag wrote the map and re-ran the twin with it); or use transformers 4.46 or newer.",
+        ("OpenGVLab/InternVL#587", "FACTS.md: transformers: Generation"),
+    ),
+    FixCode(
+        "FWD-003",
+        "The image embeddings are merged into the text embeddings across GPUs",
+        "The vision tower and projector sit on another GPU than the text embeddings, and the masked assignment "
+        "`input_embeds[selected] = vit_embeds` mixes the two GPUs.",
+        "Keep the vision model, the projector (`mlp1`) and the embeddings on one GPU, or use the InternVL code "
+        "that moves the image embeddings first (commit 07ef6e9).",
+        ("OpenGVLab/InternVL#133", "OpenGVLab/InternVL commit 07ef6e9"),
+    ),
+    FixCode(
+        "FWD-004",
+        "A block that must not be split is split across GPUs",
+        "The planner split a block whose own forward adds tensors from its parts (CogVLM's vision TransformerLayer: "
+        "`output = mlp_input + mlp_output` with `cuda:5 and cuda:6!`) because its class is not in "
+        "no_split_module_classes.",
+        'Add the class to no_split_module_classes and plan again (CogVLM: ["CogVLMDecoderLayer", '
+        '"TransformerLayer"]); diag re-planned and re-ran the twin with it.',
+        ("THUDM/CogVLM#122", "THUDM/CogVLM#256", "THUDM/CogVLM2#32", "open-compass/VLMEvalKit#411"),
+    ),
+    FixCode(
+        "FWD-005",
+        "The inputs are on another device than the model needs",
+        "A tensor on the CPU met the dispatched model on a GPU: the inputs were not moved to the GPU of the first "
+        "module, or a module of the model was left on the CPU.",
+        "Move the inputs to the model's first GPU (`.to(model.device)` / `.cuda()`), and cover every module in "
+        "the map.",
+        ("FACTS.md: Other misconfigurations seen in the threads",),
+    ),
+    FixCode(
+        "FWD-006",
+        "The run addresses a GPU this process cannot see",
+        "A map value or an input device is at or beyond the number of visible GPUs: `CUDA error: invalid device "
+        "ordinal`.",
+        "Use ordinals 0..N-1 of the visible GPUs.",
+        ("EvolvingLMMs-Lab/lmms-eval#31", "THUDM/CogVLM#33"),
+    ),
+    FixCode(
+        "FWD-007",
+        "The twin failed with this map for another reason",
+        "The forward or generate of the twin failed with an error diag cannot attribute to one of the known "
+        "causes; the message is the error itself.",
+        "Read the error and the module named; report it to diag with the report file if the map is one the eval "
+        "kits build.",
+    ),
+    FixCode(
         "MEM-001",
         "A GPU is predicted to run out of memory",
         "The weights planned onto a GPU plus the reserve for the CUDA context and the KV cache exceed its free "

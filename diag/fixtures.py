@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from diag.checking import Check
-from diag.session import state_of
+from diag.session import DiagState, state_of
 from diag.topology.records import Gpu, Node, Selection, Topology
 
 if TYPE_CHECKING:
@@ -52,7 +53,12 @@ def check(request: pytest.FixtureRequest) -> Check:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """`selected_gpu` runs a check once per selected GPU that exists, with ids like `gpu4`."""
-    if "map_case" in metafunc.fixturenames:
+    own = inspect.signature(metafunc.function).parameters  # `map_case` (a fixture) also reaches `twin_case`
+    if "twin_case" in own:
+        twins = twin_cases(state_of(metafunc.config))
+        ids = [f"{c.model.name}-forced" if forced and c.model else c.id for c, forced in twins]
+        metafunc.parametrize("twin_case", twins, ids=ids)
+    elif "map_case" in own:
         cases = state_of(metafunc.config).map_cases
         metafunc.parametrize("map_case", cases, ids=[c.id for c in cases])
     if "selected_gpu" not in metafunc.fixturenames:
@@ -69,6 +75,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def report_dir(request: pytest.FixtureRequest) -> Path:
     """Where corrected device maps are written: beside the report."""
     return state_of(request.config).report_path.parent
+
+
+def twin_cases(state: DiagState) -> list[tuple[MapCase, bool]]:
+    """The runs of the same-device check: without --model / a known pretrained=, the default twins forced across
+    every selected GPU; otherwise the model with the eval's own map."""
+    options = state.options
+    usable = [c for c in state.map_cases if c.model is not None and c.source is not None]
+    default = options.model is None and not (options.model_args and "pretrained=" in options.model_args)
+    return [(c, default) for c in usable]
+
+
+@pytest.fixture
+def map_case(twin_case: tuple[MapCase, bool]) -> MapCase:
+    """The (model, map) case of a same-device run (the device-map checks parametrize `map_case` directly)."""
+    return twin_case[0]
 
 
 @pytest.fixture

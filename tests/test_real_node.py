@@ -50,6 +50,12 @@ class TorchLikeChild:
 
 
 @pytest.fixture
+def run_checks(run_checks):
+    """The environment checks alone: the faked node has no GPU a twin could run on."""
+    return lambda *args, **kw: run_checks(*args, target="checks/test_env.py", **kw)
+
+
+@pytest.fixture
 def real_node(monkeypatch):
     def install(gpus: list[FakeGpu], child: TorchLikeChild) -> TorchLikeChild:
         FakeNvml(gpus).install(monkeypatch)

@@ -20,7 +20,13 @@ from diag.devicemap.plan import (
     summarize_modules,
 )
 from diag.devicemap.sources import DeviceMapSource
-from diag.devicemap.validate import correct_dict_map, cuda_ordinal, resolved_device, transformers_rejects
+from diag.devicemap.validate import (
+    check_dict_map,
+    correct_dict_map,
+    cuda_ordinal,
+    resolved_device,
+    transformers_rejects,
+)
 from diag.topology.records import Gpu, Topology, uuid_key
 
 if TYPE_CHECKING:
@@ -49,13 +55,22 @@ def nvml_index_of(topology: Topology, cuda_index: int) -> int | None:
     return None
 
 
-def resolve_map(source: DeviceMapSource, model: torch.nn.Module, topology: Topology) -> dict[str, Any] | None:
-    """The map from_pretrained ends up with; None when the value itself is unusable (other checks say why)."""
+def resolve_map(
+    source: DeviceMapSource, model: torch.nn.Module, topology: Topology, *, corrected: bool = True
+) -> dict[str, Any] | None:
+    """The map from_pretrained ends up with; None when the value itself is unusable (other checks say why).
+
+    A dict map whose only findings are warnings comes back corrected (for the memory plan) unless `corrected`
+    is False: the same-device run must run the map exactly as the eval will.
+    """
     value = source.value
     if source.kind == "strategy":
         return plan_device_map(model, str(value), _budget(free_bytes_by_ordinal(topology)))
     if isinstance(value, dict):
         visible = len(topology.cuda.devices)
+        if not corrected:
+            as_written = check_dict_map(model, value, visible, topology.selection.nvml_indices)
+            return None if as_written.failures else dict(value)
         fixed, report = correct_dict_map(model, value, visible, topology.selection.nvml_indices)
         if report.failures:
             return None

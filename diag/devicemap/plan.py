@@ -12,13 +12,14 @@ import contextlib
 import io
 import logging
 import re
-import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from diag.virtual.ordinals import cuda_ordinals_in_accelerate
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 GIB = 1024**3
@@ -58,61 +59,32 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-class _DeviceType(type):
-    """Stands in for `torch.device` inside accelerate while planning for a node this torch cannot see.
-
-    On a torch without an accelerator, `torch.device(0)` raises ("Cannot access accelerator device when none
-    is available"), and accelerate 1.0's `get_balanced_memory` asks it of every GPU key. An int there means
-    a CUDA ordinal, as it does on the GPU node; everything else, isinstance checks included, is torch's own.
-    """
-
-    def __instancecheck__(cls, obj: object) -> bool:
-        return isinstance(obj, _TORCH_DEVICE)
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> torch.device:
-        if len(args) == 1 and not kwargs and isinstance(args[0], int) and not isinstance(args[0], bool):
-            return _TORCH_DEVICE("cuda", args[0])
-        return _TORCH_DEVICE(*args, **kwargs)
-
-
-_TORCH_DEVICE = torch.device
-
-
-class _Device(metaclass=_DeviceType):
-    pass
-
-
-class _TorchWithCudaOrdinals(types.ModuleType):
-    def __getattr__(self, name: str) -> Any:
-        return _Device if name == "device" else getattr(torch, name)
-
-
-def _ints_are_cuda_ordinals() -> bool:
-    try:
-        torch.device(0)
-    except RuntimeError:
-        return False
-    return True
-
-
 @contextlib.contextmanager
-def _cuda_ordinals_in_accelerate() -> Iterator[None]:
-    if _ints_are_cuda_ordinals():
+def _extra_no_split(model: torch.nn.Module, classes: tuple[str, ...]) -> Iterator[None]:
+    """Add classes to the model's `_no_split_modules` for one planning call (the fix for a split block)."""
+    if not classes:
         yield
         return
-    import accelerate.utils.modeling as accelerate_modeling
-
-    accelerate_modeling.torch = _TorchWithCudaOrdinals("torch")
+    had = "_no_split_modules" in vars(model)
+    saved = getattr(model, "_no_split_modules", None)
+    current = list(saved or [])
+    extended = type(saved)([*current, *classes]) if isinstance(saved, set | list) else [*current, *classes]
+    setattr(model, "_no_split_modules", extended)  # noqa: B010 (nn.Module.__setattr__, typed for tensors)
     try:
         yield
     finally:
-        accelerate_modeling.torch = torch
+        if had:
+            setattr(model, "_no_split_modules", saved)  # noqa: B010
+        else:
+            delattr(model, "_no_split_modules")
 
 
-def plan_device_map(model: torch.nn.Module, strategy: str, max_memory: Mapping[int | str, int]) -> DeviceMap:
+def plan_device_map(
+    model: torch.nn.Module, strategy: str, max_memory: Mapping[int | str, int], extra_no_split: tuple[str, ...] = ()
+) -> DeviceMap:
     """The device map the installed transformers computes for `strategy` with this memory budget."""
     memory = dict(max_memory)
-    with _quiet(), _cuda_ordinals_in_accelerate():
+    with _quiet(), cuda_ordinals_in_accelerate(), _extra_no_split(model, extra_no_split):
         try:
             from transformers.integrations.accelerate import _get_device_map  # transformers 5
         except ImportError:

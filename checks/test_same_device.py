@@ -1,0 +1,83 @@
+"""Does a twin of the model run with the eval's map across these GPUs, without a cross-device step?"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from diag.checking import Check
+from diag.devicemap.cases import MapCase, write_map
+from diag.devicemap.fit import free_bytes_by_ordinal, resolve_map
+from diag.devicemap.plan import host_memory_bytes
+from diag.samedevice.verify import Verdict, check_run, forced_map
+from diag.topology.records import Topology
+
+pytestmark = pytest.mark.diag
+
+
+def _fix_lines(path: str) -> list[str]:
+    """How to use the fixed map: a script, and VLMEvalKit / lmms-eval where they accept one."""
+    return [
+        f"model = AutoModel.from_pretrained(path, device_map=json.load(open({path!r})), torch_dtype=torch.bfloat16)",
+        "VLMEvalKit: return this map from the model's split_model() (vlmeval/vlm/internvl/utils.py)",
+        "lmms-eval: --model_args takes only a string device_map; load the model in a script with this map",
+    ]
+
+
+def _message(verdict: Verdict, map_text: str) -> str:
+    first = verdict.result
+    where = f" in {first.module}" if first.module else ""
+    op = f" ({first.op})" if first.op else ""
+    cause = verdict.cause.explanation if verdict.cause else ""
+    return f"{map_text}: the twin fails in {first.stage}{where}{op}: {first.error}. Cause: {cause}"
+
+
+def test_twin_runs_with_the_map(
+    twin_case: tuple[MapCase, bool], meta_model: torch.nn.Module, diag_topology: Topology, check: Check,
+    report_dir: Path,
+) -> None:  # fmt: skip
+    case, forced = twin_case
+    assert case.model is not None and case.source is not None
+    visible = len(diag_topology.cuda.devices)
+    if visible == 0:
+        pytest.skip("no GPU is visible to this process (see the environment checks)")
+    device_map = (
+        forced_map(meta_model, visible, case.model.family)
+        if forced
+        else resolve_map(case.source, meta_model, diag_topology, corrected=False)
+    )
+    if device_map is None:
+        pytest.skip("the map itself is not usable (see checks/test_devicemap.py)")
+    replan = None
+    if case.source.kind == "strategy" and not forced:
+        memory: dict[int | str, int] = {"cpu": host_memory_bytes()}
+        memory.update(free_bytes_by_ordinal(diag_topology))
+        replan = (str(case.source.value), memory)
+    simulated = visible if diag_topology.node.simulated else None
+    if simulated is None and not torch.cuda.is_available():
+        pytest.skip("torch in this process cannot use the GPUs (see test_torch_is_a_cuda_build_the_driver_supports)")
+    verdict = check_run(case.model, device_map, simulated_gpus=simulated, meta_model=meta_model, replan=replan)
+    check.record("run", {"map": {k: str(v) for k, v in device_map.items()}, "stage": verdict.result.stage,
+                         "seconds": round(verdict.result.seconds, 3)})  # fmt: skip
+    if verdict.result.ok:
+        return
+    map_text = "a map forced across every GPU" if forced else case.source.text
+    assert verdict.cause is not None
+    path = write_map(report_dir, f"{case.id}{'-forced' if forced else ''}-fixed", verdict.fixed_map) if (
+        verdict.fixed_map is not None) else None  # fmt: skip
+    if verdict.verified and path:
+        summary = (f"Use the map diag wrote to {path} ({', '.join(verdict.cause.modules) or 'see details'}); the twin "
+                   "re-ran with it and passed.")  # fmt: skip
+    elif path:
+        summary = (
+            f"diag's candidate map {path} did not pass either ({verdict.fixed_result and verdict.fixed_result.error})."
+        )
+    else:
+        summary = None
+    check.fail(verdict.cause.code, _message(verdict, map_text), summary,
+               subject=verdict.result.module or case.model.name, device_map_file=path, verified=verdict.verified,
+               commands=_fix_lines(path) if path else [],
+               details=json.dumps({"first_run": verdict.result.error, "devices": verdict.result.devices}))  # fmt: skip

@@ -1,0 +1,115 @@
+"""Why a twin run crossed devices, and the map that fixes it (FACTS.md, "InternVL2 (remote code) on several GPUs").
+
+Each cause comes from the run's own evidence (the stage, the two devices, the module whose forward raised) and
+the map; its fix is a new map, which the caller re-runs before calling it verified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from diag.devicemap.validate import buffer_only_modules, cuda_ordinal
+from diag.samedevice.run import RunResult
+from diag.twins import LmLayout
+
+
+@dataclass(frozen=True)
+class Cause:
+    code: str
+    explanation: str
+    modules: tuple[str, ...] = ()
+    fixed_map: dict[str, Any] | None = None
+    no_split_class: str | None = None  # a class to add to no_split_module_classes, then re-plan
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def owner_device(name: str, device_map: Mapping[str, Any]) -> Any:
+    """The map value that places a module: the longest key that is the module or one of its parents."""
+    probe = name
+    while True:
+        if probe in device_map:
+            return device_map[probe]
+        if not probe:
+            return None
+        probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+
+
+def _covered(name: str, device_map: Mapping[str, Any]) -> bool:
+    return owner_device(name, device_map) is not None
+
+
+def _split_block(module: str | None, device_map: Mapping[str, Any]) -> str | None:
+    """The innermost module around the failing one whose own parts the map puts on different GPUs."""
+    if not module:
+        return None
+    parts = module.split(".")
+    for depth in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:depth])
+        inside = {str(v) for k, v in device_map.items() if k.startswith(prefix + ".")}
+        if len(inside) > 1 and prefix not in device_map:
+            return prefix
+    return None
+
+
+def classify(result: RunResult, model: torch.nn.Module, device_map: Mapping[str, Any], layout: LmLayout) -> Cause:
+    """The cause of a failed run, with the fixed map where one follows from it."""
+    error = result.error or ""
+    first = _first_gpu(device_map)
+    if "invalid device ordinal" in error:
+        return Cause("FWD-006", "the map or the inputs name a GPU this process cannot see")
+    if not result.cross_device:
+        return Cause("FWD-007", f"the twin failed in {result.stage}: {error}")
+    devices = result.devices or ("?", "?")
+    left_on_cpu = [m for m in buffer_only_modules(model) if not _covered(m, device_map)]
+    if "cpu" in devices and left_on_cpu:
+        return Cause(
+            "FWD-001",
+            f"{', '.join(left_on_cpu)} is not in the map and stayed on the CPU; its buffers meet GPU tensors",
+            tuple(left_on_cpu),
+            {**device_map, **dict.fromkeys(left_on_cpu, owner_device(layout.embed, device_map) or first)},
+        )
+    if "cpu" in devices:
+        return Cause("FWD-005", "a tensor on the CPU met the model on a GPU: the inputs (or part of the model) "
+                     f"are not on the GPU that needs them ({devices[0]} and {devices[1]})")  # fmt: skip
+    block = _split_block(result.module, device_map)
+    if block is not None:
+        cls = type(model.get_submodule(block)).__name__
+        keys = [k for k in device_map if k.startswith(block + ".")]
+        fixed = {k: v for k, v in device_map.items() if k not in keys}
+        fixed[block] = device_map[keys[0]]
+        return Cause("FWD-004", f"{block} ({cls}) is split across GPUs and its own forward mixes them",
+                     (block,), fixed, no_split_class=cls)  # fmt: skip
+    embed_device = owner_device(layout.embed, device_map)
+    head_device = owner_device(layout.head, device_map)
+    if result.stage == "generate" and head_device != embed_device:
+        last_layer = f"{layout.layers}.{layout.num_layers - 1}"
+        pinned = (layout.head, layout.norm, last_layer)
+        return Cause(
+            "FWD-002",
+            f"during generate the head ({layout.head}, on {_label(head_device)}) returns logits on another GPU than "
+            f"the embeddings ({layout.embed}, on {_label(embed_device)})",
+            pinned,
+            {**device_map, **dict.fromkeys(pinned, embed_device)},
+        )
+    vision_devices = {owner_device(v, device_map) for v in layout.vision}
+    if vision_devices - {embed_device}:
+        return Cause(
+            "FWD-003",
+            f"the image embeddings ({', '.join(layout.vision)}) are merged into the text embeddings on another GPU",
+            layout.vision,
+            {**device_map, **dict.fromkeys(layout.vision, embed_device)},
+        )
+    return Cause("FWD-007", f"{result.module or 'a module'} mixed {devices[0]} and {devices[1]} in {result.op}")
+
+
+def _first_gpu(device_map: Mapping[str, Any]) -> Any:
+    return next((v for v in device_map.values() if cuda_ordinal(v) is not None), 0)
+
+
+def _label(value: Any) -> str:
+    ordinal = cuda_ordinal(value)
+    return f"cuda:{ordinal}" if ordinal is not None else str(value)

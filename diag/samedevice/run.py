@@ -1,0 +1,157 @@
+"""Run a tiny twin with the eval's device map: dispatch it as from_pretrained does, then forward and generate.
+
+The same code runs on real GPUs and in simulation; simulation only wraps it in virtual CUDA devices, so every
+tensor carries the device it would have on the node and a cross-device op raises torch's own error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diag.twins import ModelSpec, build_tiny, example_inputs
+
+SAME_DEVICE = "Expected all tensors to be on the same device"
+# Two wordings in torch 2.8+: elementwise ops say "found at least two devices, A and B!"; mm/bmm/addmm/
+# index_select/embedding say "but got mat2 is on B, different from other tensors on A" (pytorch PR #155085).
+_DEVICES = re.compile(r"found at least two devices, (\S+) and (\S+?)!")
+_DEVICES_NEW = re.compile(r"but got \w+ is on (\S+?), different from other tensors on (\S+?)[ ,.(]")
+STAGES = ("forward", "generate")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How far the twin got: `stage` is where it failed (None when every stage passed)."""
+
+    stage: str | None
+    error: str | None = None
+    devices: tuple[str, str] | None = None
+    op: str | None = None
+    module: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.stage is None
+
+    @property
+    def cross_device(self) -> bool:
+        return bool(self.error and SAME_DEVICE in self.error)
+
+
+def dispatch(model: torch.nn.Module, device_map: Mapping[str, Any]) -> None:
+    """Place the twin as from_pretrained(device_map=…) does: the installed transformers' dispatch where it has
+    one (5.x `accelerate_dispatch`), else accelerate's `dispatch_model` with the model's skip keys (4.x)."""
+    tie_weights = getattr(model, "tie_weights", None)
+    if tie_weights is not None:
+        tie_weights()
+    placed = {k: ("cpu" if v == "disk" else v) for k, v in device_map.items()}  # the twin has no disk folder
+    _load_like_from_pretrained(model, placed)
+    try:
+        from transformers.integrations.accelerate import accelerate_dispatch
+    except ImportError:
+        import inspect
+
+        from accelerate import dispatch_model
+
+        kwargs: dict[str, Any] = {"device_map": placed, "offload_dir": None, "offload_index": None,
+                                  "offload_buffers": False}  # fmt: skip
+        if "skip_keys" in inspect.signature(dispatch_model).parameters:
+            kwargs["skip_keys"] = getattr(model, "_skip_keys_device_placement", None)
+        dispatch_model(model, **kwargs)
+        return
+    accelerate_dispatch(model, None, placed, None, None, False)  # type: ignore[no-untyped-call]
+
+
+def _load_like_from_pretrained(model: torch.nn.Module, device_map: Mapping[str, Any]) -> None:
+    """Put each checkpoint tensor where loading puts it: the device of the longest map key that prefixes its name.
+
+    from_pretrained loads every state-dict entry (parameters and persistent buffers) straight onto its mapped
+    device; non-persistent buffers (a rotary `inv_freq`) are not in the checkpoint and stay where the model was
+    built, on the CPU, unless the map names their module.
+    """
+    from accelerate.utils import set_module_tensor_to_device
+
+    from diag.samedevice.causes import owner_device
+
+    for name in model.state_dict():
+        device = owner_device(name, device_map)
+        if device is None:
+            raise ValueError(f"{name} doesn't have any device set.")  # transformers' own words when loading
+        set_module_tensor_to_device(model, name, device if device != "cpu" else "cpu")
+
+
+def _to(inputs: Mapping[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def run_stages(spec: ModelSpec, model: torch.nn.Module, inputs_device: str = "cuda:0") -> Iterator[str]:
+    """Forward, then a two-token greedy generate, yielding each stage's name before running it.
+
+    Inputs go where the eval kits put them: `.cuda()` / `cuda:0` (lmms-eval's `self.device`, InternVL's chat).
+    """
+    inputs = _to(example_inputs(spec, model), inputs_device)
+    with torch.no_grad():
+        if spec.family != "internvl-chat":  # the eval kits drive InternVL-Chat through chat/generate only
+            yield "forward"
+            model(**inputs)
+        yield "generate"
+        generate: Any = model.generate
+        if spec.family == "internvl-chat":
+            generate(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                     attention_mask=inputs["attention_mask"], max_new_tokens=2, do_sample=False)  # fmt: skip
+        else:
+            generate(**inputs, max_new_tokens=2, do_sample=False)
+
+
+@contextlib.contextmanager
+def _devices(simulated_gpus: int | None, model: torch.nn.Module) -> Iterator[Any]:
+    if simulated_gpus is None:
+        yield None
+        return
+    from diag.virtual import VirtualCuda
+
+    with VirtualCuda(simulated_gpus, model=model) as virtual:
+        yield virtual
+
+
+def run_twin(spec: ModelSpec, device_map: Mapping[str, Any], *, simulated_gpus: int | None, seed: int = 0) -> RunResult:
+    """Build the tiny twin, dispatch it with the map and run it; a device error is a result, not an exception.
+
+    `simulated_gpus` is the number of virtual GPUs (None: the process's real GPUs).
+    """
+    start = time.perf_counter()
+    model = build_tiny(spec, seed=seed)
+    stage = "dispatch"
+    with _devices(simulated_gpus, model) as virtual:
+        try:
+            dispatch(model, device_map)
+            for stage in run_stages(spec, model):  # noqa: B007 (the stage reached is what a failure reports)
+                pass
+        except RuntimeError as exc:
+            return _failure(stage, exc, virtual, time.perf_counter() - start)
+        except (ValueError, AssertionError, IndexError) as exc:  # a twin the map cannot run (meta tensors left …)
+            return RunResult(stage, f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
+    return RunResult(None, seconds=time.perf_counter() - start)
+
+
+def _failure(stage: str, exc: RuntimeError, virtual: Any, seconds: float) -> RunResult:
+    text = str(exc).strip().splitlines()[0]
+    match = _DEVICES.search(text)
+    newer = _DEVICES_NEW.search(text)
+    devices = (match[1], match[2]) if match else (newer[2], newer[1]) if newer else None
+    cross = getattr(virtual, "last_error", None) if virtual is not None else None
+    return RunResult(
+        stage,
+        f"RuntimeError: {text}",
+        devices=devices,
+        op=getattr(cross, "op", None),
+        module=getattr(cross, "module", None),
+        seconds=seconds,
+    )
