@@ -28,7 +28,7 @@ spec = PRESETS[name]
 device_map = forced_map(build_meta(spec), gpus, spec.family) if gpus else {"": "cpu"}
 times = []
 for _ in range(3):
-    result = run_twin(spec, device_map, simulated_gpus=gpus or None)
+    result = run_twin(spec, device_map, simulated_gpus=gpus or None, inputs_device="cuda:0" if gpus else "cpu")
     assert result.ok, result.error
     times.append(result.seconds)
 print(json.dumps({"first_s": times[0], "warm_s": min(times[1:]),

@@ -121,7 +121,14 @@ def _devices(simulated_gpus: int | None, model: torch.nn.Module) -> Iterator[Any
         yield virtual
 
 
-def run_twin(spec: ModelSpec, device_map: Mapping[str, Any], *, simulated_gpus: int | None, seed: int = 0) -> RunResult:
+def run_twin(
+    spec: ModelSpec,
+    device_map: Mapping[str, Any],
+    *,
+    simulated_gpus: int | None,
+    seed: int = 0,
+    inputs_device: str = "cuda:0",
+) -> RunResult:
     """Build the tiny twin, dispatch it with the map and run it; a device error is a result, not an exception.
 
     `simulated_gpus` is the number of virtual GPUs (None: the process's real GPUs).
@@ -132,7 +139,7 @@ def run_twin(spec: ModelSpec, device_map: Mapping[str, Any], *, simulated_gpus: 
     with _devices(simulated_gpus, model) as virtual:
         try:
             dispatch(model, device_map)
-            for stage in run_stages(spec, model):  # noqa: B007 (the stage reached is what a failure reports)
+            for stage in run_stages(spec, model, inputs_device):  # noqa: B007 (the stage reached is reported)
                 pass
         except RuntimeError as exc:
             return _failure(stage, exc, virtual, time.perf_counter() - start)
