@@ -27,15 +27,21 @@ class Cause:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def owner_device(name: str, device_map: Mapping[str, Any]) -> Any:
-    """The map value that places a module: the longest key that is the module or one of its parents."""
+def owner_key(name: str, device_map: Mapping[str, Any]) -> str | None:
+    """The longest map key that is the module (or tensor) or one of its parents; None when none covers it."""
     probe = name
     while True:
         if probe in device_map:
-            return device_map[probe]
+            return probe
         if not probe:
             return None
         probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+
+
+def owner_device(name: str, device_map: Mapping[str, Any]) -> Any:
+    """The map value that places a module: the value of its owner key."""
+    key = owner_key(name, device_map)
+    return None if key is None else device_map[key]
 
 
 def _covered(name: str, device_map: Mapping[str, Any]) -> bool:

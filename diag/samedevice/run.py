@@ -72,19 +72,23 @@ def dispatch(model: torch.nn.Module, device_map: Mapping[str, Any]) -> None:
 def _load_like_from_pretrained(model: torch.nn.Module, device_map: Mapping[str, Any]) -> None:
     """Put each checkpoint tensor where loading puts it: the device of the longest map key that prefixes its name.
 
-    from_pretrained loads every state-dict entry (parameters and persistent buffers) straight onto its mapped
-    device; non-persistent buffers (a rotary `inv_freq`) are not in the checkpoint and stay where the model was
-    built, on the CPU, unless the map names their module.
+    from_pretrained loads every state-dict entry (parameters and persistent buffers) onto its mapped device;
+    non-persistent buffers (a rotary `inv_freq`) are not in the checkpoint and stay on the CPU unless the map
+    names their module. dispatch_model then places whole modules, so only entries whose key is not a module
+    (a parameter such as CogVLM's `model.vision.boi`) need placing here; an entry with no key is the error
+    transformers raises while loading.
     """
     from accelerate.utils import set_module_tensor_to_device
 
-    from diag.samedevice.causes import owner_device
+    from diag.samedevice.causes import owner_key
 
+    modules = {name for name, _ in model.named_modules()}
     for name in model.state_dict():
-        device = owner_device(name, device_map)
-        if device is None:
+        key = owner_key(name, device_map)
+        if key is None:
             raise ValueError(f"{name} doesn't have any device set.")  # transformers' own words when loading
-        set_module_tensor_to_device(model, name, device if device != "cpu" else "cpu")
+        if key not in modules:
+            set_module_tensor_to_device(model, name, device_map[key])
 
 
 def _to(inputs: Mapping[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
