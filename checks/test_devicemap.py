@@ -10,7 +10,13 @@ import torch
 from diag.checking import Check
 from diag.devicemap.cases import MapCase, write_map
 from diag.devicemap.fit import capped_max_memory, gpus_needed, plan_rows, resolve_map
-from diag.devicemap.validate import correct_dict_map, cuda_ordinal, resolved_device, transformers_rejects
+from diag.devicemap.validate import (
+    check_dict_map,
+    correct_dict_map,
+    cuda_ordinal,
+    resolved_device,
+    transformers_rejects,
+)
 from diag.topology.records import Topology
 
 pytestmark = pytest.mark.diag
@@ -115,8 +121,6 @@ def test_device_map_covers_the_model(
         pytest.skip("only a dict map names modules")
     visible = len(diag_topology.cuda.devices)
     fixed, _ = correct_dict_map(meta_model, map_case.source.value, visible, diag_topology.selection.nvml_indices)
-    from diag.devicemap.validate import check_dict_map
-
     report = check_dict_map(meta_model, map_case.source.value, visible, diag_topology.selection.nvml_indices)
     path = write_map(report_dir, map_case.id, fixed) if fixed is not None else None
     for warning in report.warnings:
