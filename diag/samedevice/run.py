@@ -7,6 +7,7 @@ tensor carries the device it would have on the node and a cross-device op raises
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -35,6 +36,8 @@ class RunResult:
     op: str | None = None
     module: str | None = None
     seconds: float = 0.0
+    # Wall time of each part that ran: build, dispatch, and forward + generate ("run").
+    parts: tuple[tuple[str, float], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -138,18 +141,53 @@ def run_twin(
     `simulated_gpus` is the number of virtual GPUs (None: the process's real GPUs).
     """
     start = time.perf_counter()
-    model = build_tiny(spec, seed=seed)
+    with _one_thread():
+        model = build_tiny(spec, seed=seed)
+        return _run(spec, model, device_map, simulated_gpus, inputs_device, start)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the twin's CPU work on one thread. Its tensors are tiny, so more threads only cost: between two
+    ops the mode's Python runs while OpenMP workers spin, and on a busy node each op then waits for a worker
+    the OS has parked (measured here: 0.3 s with one thread, 3 s with two, on two busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    device_map: Mapping[str, Any],
+    simulated_gpus: int | None,
+    inputs_device: str,
+    start: float,
+) -> RunResult:
     stage = "dispatch"
+    marks = [("", start), ("build", time.perf_counter())]
     with _devices(simulated_gpus, model) as virtual:
         try:
             dispatch(model, device_map)
+            marks.append(("dispatch", time.perf_counter()))
             for stage in run_stages(spec, model, inputs_device):  # noqa: B007 (the stage reached is reported)
                 pass
         except RuntimeError as exc:
-            return _failure(stage, exc, virtual, time.perf_counter() - start)
+            return dataclasses.replace(_failure(stage, exc, virtual, time.perf_counter() - start),
+                                       parts=_parts(marks))  # fmt: skip
         except (ValueError, AssertionError, IndexError) as exc:  # a twin the map cannot run (meta tensors left …)
-            return RunResult(stage, f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
-    return RunResult(None, seconds=time.perf_counter() - start)
+            return RunResult(stage, f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start,
+                             parts=_parts(marks))  # fmt: skip
+    marks.append(("run", time.perf_counter()))
+    return RunResult(None, seconds=time.perf_counter() - start, parts=_parts(marks))
+
+
+def _parts(marks: list[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+    """Each part's name and the time from the mark before it."""
+    return tuple((name, at - marks[i][1]) for i, (name, at) in enumerate(marks[1:]))
 
 
 def _failure(stage: str, exc: RuntimeError, virtual: Any, seconds: float) -> RunResult:

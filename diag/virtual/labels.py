@@ -40,8 +40,11 @@ def storage_of(tensor: torch.Tensor) -> torch.UntypedStorage | None:
 
 
 def storage_key(tensor: torch.Tensor) -> int | None:
-    storage = storage_of(tensor)
-    return None if storage is None else int(storage._cdata)
+    try:
+        return int(tensor.untyped_storage()._cdata)
+    except (RuntimeError, NotImplementedError, TypeError):
+        storage = storage_of(tensor)
+        return None if storage is None else int(storage._cdata)
 
 
 class StorageLabels:
@@ -74,7 +77,7 @@ class StorageLabels:
         if storage is None:
             return
         key = int(storage._cdata)
-        if device.type != "cuda":
+        if device == CPU or device.type != "cuda":
             self._entries.pop(key, None)
             return
         self._entries[key] = (device, storage)

@@ -11,6 +11,7 @@ before running it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import torch
@@ -20,7 +21,16 @@ from diag.virtual.errors import CrossDevice, indices_message, mask_message, nump
 from diag.virtual.labels import StorageLabels, storage_key
 from diag.virtual.modules import ModuleStack
 from diag.virtual.node import CPU, SimulatedNode, is_device_spec
-from diag.virtual.ops import Kind, Operand, OpRule, classify, common_device, first_mismatch, tensors_in
+from diag.virtual.ops import (
+    Kind,
+    Operand,
+    OpRule,
+    classify,
+    common_device,
+    first_mismatch,
+    tensors_in,
+    tensors_of_call,
+)
 
 Handler = Callable[[OpRule, Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 _MASK_DTYPES = (torch.bool, torch.uint8)
@@ -62,7 +72,7 @@ class VirtualMode(TorchFunctionMode):
         self.labels = labels
         self.modules = modules
         self._record = record
-        self._rules: dict[Any, OpRule] = {}
+        self._rules: dict[Any, tuple[OpRule, Handler]] = {}
         self._handlers: dict[Kind, Handler] = {
             Kind.DEVICE: lambda rule, func, args, kwargs: self.labels.device_of(args[0]),
             Kind.IS_CUDA: lambda rule, func, args, kwargs: self.labels.device_of(args[0]).type == "cuda",
@@ -83,6 +93,7 @@ class VirtualMode(TorchFunctionMode):
             Kind.MASKED_FILL: self._masked_fill,
             Kind.FROM_DATA: self._from_data,
             Kind.REPR: self._repr,
+            Kind.PASSTHROUGH: lambda rule, func, args, kwargs: func(*args, **kwargs),
             Kind.UNCHECKED: self._generic,
             Kind.POINTWISE: self._generic,
             Kind.EXACT: self._generic,
@@ -96,12 +107,14 @@ class VirtualMode(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         try:
-            rule = self._rules[func]  # the device getter is a fresh method-wrapper each time: equal, not identical
+            rule, handler = self._rules[func]  # the device getter is a fresh method-wrapper each time: equal
         except KeyError:
-            rule = self._rules.setdefault(func, classify(func))
+            rule = classify(func)
+            rule, handler = self._rules.setdefault(func, (rule, self._handlers[rule.kind]))
         except TypeError:
             rule = classify(func)
-        return self._handlers[rule.kind](rule, func, args, kwargs or {})
+            handler = self._handlers[rule.kind]
+        return handler(rule, func, args, kwargs or {})
 
     # --- helpers --------------------------------------------------------------------------------------------
     def _cross(
@@ -113,8 +126,12 @@ class VirtualMode(TorchFunctionMode):
         self._record(record)
         return RuntimeError(record.message() if message is None else message)
 
-    def _label_fresh(self, result: object, input_keys: set[int], device: torch.device) -> None:
+    def _label_fresh(self, result: object, input_keys: AbstractSet[int | None], device: torch.device) -> None:
         """Outputs that alias an input storage keep its label; fresh ones take the op's device."""
+        if isinstance(result, torch.Tensor):
+            if storage_key(result) not in input_keys:
+                self.labels.set(result, device)
+            return
         for tensor in tensors_in(result):
             key = storage_key(tensor)
             if key is not None and key not in input_keys:
@@ -142,6 +159,8 @@ class VirtualMode(TorchFunctionMode):
         virtual device they named. Ordinals the node lacks raise `invalid device ordinal` here, as the
         allocation would on the node."""
         explicit: torch.device | None = None
+        if kwargs.get("device") is None and not any(type(arg) is torch.device for arg in args):
+            return args, kwargs, None
         if kwargs.get("device") is not None:
             explicit = self.node.resolve(kwargs["device"])
             if explicit is not None and explicit.type == "cuda":
@@ -155,25 +174,37 @@ class VirtualMode(TorchFunctionMode):
             args = tuple(replaced)
         return args, kwargs, explicit
 
-    def _operands(self, rule: OpRule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Operand]:
-        """The tensors torch checks, in the order it checks them."""
-        ordered = [*tensors_in(args), *tensors_in({k: v for k, v in kwargs.items() if k != "out"})]
-        outputs = list(tensors_in(kwargs.get("out")))
+    def _operands(
+        self,
+        rule: OpRule,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        tensors: list[torch.Tensor],
+        devices: list[torch.device],
+    ) -> list[Operand]:
+        """The tensors torch checks, in the order it checks them, with their devices (`tensors` and `devices`:
+        every tensor argument, positional then keyword, and where each is)."""
+        operands: list[Operand] = []
+        if kwargs.get("out") is not None:  # outputs come first; rebuild the order without them
+            outputs = tensors_in(kwargs["out"])
+            operands = [Operand(self.labels.device_of(tensor), True, False) for tensor in outputs]
+            tensors = tensors_of_call(args, {k: v for k, v in kwargs.items() if k != "out"})
+            devices = [self.labels.device_of(tensor) for tensor in tensors]
+        ordered = list(zip(tensors, devices, strict=True))
         if rule.reflected and len(ordered) >= 2:
             ordered[0], ordered[1] = ordered[1], ordered[0]
         elif rule.name == "torch.nn.functional.embedding" and len(ordered) >= 2:
             ordered[0], ordered[1] = ordered[1], ordered[0]  # F.embedding(input, weight) checks weight first
         elif rule.name == "torch.nn.functional.linear" and len(ordered) == 3:
             source, weight, bias = ordered
-            if source.dim() == 2 or source.is_contiguous():  # aten::linear's fused addmm(bias, input, weight.t())
+            if source[0].dim() == 2 or source[0].is_contiguous():  # aten::linear's fused addmm(bias, input, weight.t())
                 ordered = [bias, source, weight]
-        operands = [Operand(self.labels.device_of(tensor), True, False) for tensor in outputs]
-        for position, tensor in enumerate(ordered):
+        skip_scalars = rule.scalar_args
+        for position, (tensor, device) in enumerate(ordered):
             scalar = tensor.dim() == 0
-            if scalar and rule.scalar_args and (rule.factory or position > 0):
+            if scalar and skip_scalars and (rule.factory or position > 0):
                 continue
-            device = self.labels.device_of(tensor)
-            operands.append(Operand(device, rule.inplace and position == 0, scalar and device.type == "cpu"))
+            operands.append(Operand(device, rule.inplace and position == 0, scalar and device == CPU))
         return operands
 
     def _check_put(
@@ -203,23 +234,72 @@ class VirtualMode(TorchFunctionMode):
 
     # --- handlers -------------------------------------------------------------------------------------------
     def _generic(self, rule: OpRule, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # Every op but the few with their own handler comes here, so the common case (positional tensors, no
+        # `device=` or `out=`) is one loop: find the tensors and their labels; none labelled means nothing is on
+        # a virtual GPU, and torch checks the real devices itself.
+        if kwargs and (kwargs.get("device") is not None or kwargs.get("out") is not None):
+            return self._generic_full(rule, func, args, kwargs)
+        tensors: list[torch.Tensor] = []
+        for arg in args:
+            if isinstance(arg, torch.Tensor):
+                tensors.append(arg)
+            elif type(arg) is torch.device:
+                return self._generic_full(rule, func, args, kwargs)
+            elif isinstance(arg, (list, tuple, dict)):
+                tensors.extend(tensors_in(arg))
+        if kwargs:
+            tensors.extend(tensors_of_call((), kwargs))
+        if not tensors:
+            return func(*args, **kwargs)
+        label_of = self.labels.label_of_key
+        keys = [storage_key(tensor) for tensor in tensors]
+        labels = [None if key is None else label_of(key) for key in keys]
+        if labels.count(None) == len(labels):
+            # A fresh output cannot carry a label either: labelled storages are kept alive, so their addresses
+            # are not reused.
+            return func(*args, **kwargs)
+        return self._checked(rule, func, args, kwargs, None, tensors, keys, labels)
+
+    def _generic_full(
+        self, rule: OpRule, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         args, kwargs, device = self._take_devices(args, kwargs)
-        tensors = [*tensors_in(args), *tensors_in(kwargs)]
+        tensors = tensors_of_call(args, kwargs)
+        keys = [storage_key(tensor) for tensor in tensors]
+        labels = [None if key is None else self.labels.label_of_key(key) for key in keys]
+        if device is None and labels.count(None) == len(labels):
+            return func(*args, **kwargs)
+        return self._checked(rule, func, args, kwargs, device, tensors, keys, labels)
+
+    def _checked(
+        self,
+        rule: OpRule,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        device: torch.device | None,
+        tensors: list[torch.Tensor],
+        keys: list[int | None],
+        labels: list[torch.device | None],
+    ) -> Any:
+        """Check the tensor arguments as torch does, run the op, label its fresh outputs. `device` is where a
+        `device=` argument put the result; `labels` are the tensors' virtual devices (None: not on one)."""
         if tensors:
-            if rule.kind is Kind.UNCHECKED:
-                common: torch.device | None = self.labels.device_of(tensors[0])
+            devices = [tensor.device if label is None else label for tensor, label in zip(tensors, labels, strict=True)]
+            common: torch.device | None = devices[0]
+            if rule.kind is Kind.UNCHECKED or devices.count(common) == len(devices):
+                pass  # one device (the common case) passes every rule, and the output lives there
             else:
                 tensor_iterator = rule.kind is Kind.POINTWISE
-                operands = self._operands(rule, args, kwargs)
+                operands = self._operands(rule, args, kwargs, tensors, devices)
                 mismatch = first_mismatch(operands, tensor_iterator=tensor_iterator)
                 if mismatch is not None:
                     raise self._cross(rule, *mismatch)
                 common = common_device(operands, tensor_iterator=tensor_iterator)
             device = device if device is not None else common
-        keys = {key for tensor in tensors if (key := storage_key(tensor)) is not None}
         result = func(*args, **kwargs)
         if device is not None:
-            self._label_fresh(result, keys, device)
+            self._label_fresh(result, set(keys), device)
         return result
 
     def _get_device(self, rule: OpRule, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:

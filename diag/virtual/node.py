@@ -66,6 +66,7 @@ class SimulatedNode:
     names: tuple[str, ...]
     total_memory_bytes: tuple[int, ...]
     current_index: int = field(default=0)
+    _resolved: dict[object, torch.device] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -105,6 +106,19 @@ class SimulatedNode:
         ordinal, `cuda` without an index is the current device; CUDA ordinals the node lacks raise."""
         if spec is None:
             return None
+        if isinstance(spec, bool):  # True == 1 as a dict key
+            raise TypeError(f"not a device: {spec!r}")
+        try:
+            return self._resolved[spec]
+        except (KeyError, TypeError):
+            pass
+        device = self._resolve(spec)
+        if device is not None and not (isinstance(spec, (str, torch.device)) and "cuda" in str(spec)
+                                       and ":" not in str(spec)):  # fmt: skip
+            self._resolved[spec] = device  # a bare `cuda` follows set_device, so it is resolved each time
+        return device
+
+    def _resolve(self, spec: object) -> torch.device | None:
         if isinstance(spec, bool):
             raise TypeError(f"not a device: {spec!r}")
         if isinstance(spec, int):

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+
+from diag.virtual.node import CPU
 
 
 class Kind(enum.Enum):
@@ -41,6 +43,9 @@ class Kind(enum.Enum):
     MASKED_FILL = "masked_fill"
     FROM_DATA = "from_data"  # torch.tensor / as_tensor / asarray
     REPR = "repr"
+    # Calls that never check devices and never make fresh storage: metadata, grad mode, and one-tensor views.
+    # Properties (shape, dtype, T, data, grad …) are all of this kind; see _PASSTHROUGH for the rest.
+    PASSTHROUGH = "passthrough"
     UNCHECKED = "unchecked"  # metadata, shape-only and cross-device-by-design calls
     POINTWISE = "pointwise"
     EXACT = "exact"
@@ -107,6 +112,21 @@ _BY_NAME: dict[str, Kind] = {
     "Tensor.register_hook": Kind.UNCHECKED,
 }
 
+# One tensor in, metadata or a view of it out: the view shares the storage and so its label, and torch checks no
+# device (a 0-dim tensor among the sizes is read as a number). `contiguous`, `reshape` and `flatten` can copy,
+# so they are not here.
+_PASSTHROUGH = frozenset({
+    "torch.device", "torch._C._set_grad_enabled", "torch.is_grad_enabled", "torch.is_tensor",
+    "torch.is_floating_point", "torch.is_complex", "torch.get_default_dtype",
+    "Tensor.data_ptr", "Tensor.dim", "Tensor.ndimension", "Tensor.size", "Tensor.numel", "Tensor.nelement",
+    "Tensor.stride", "Tensor.storage_offset", "Tensor.element_size", "Tensor.is_contiguous",
+    "Tensor.is_floating_point", "Tensor.is_complex", "Tensor.__len__", "Tensor.requires_grad_",
+    "Tensor.detach", "Tensor.detach_", "Tensor.view", "Tensor.transpose", "Tensor.t", "Tensor.permute",
+    "Tensor.unsqueeze", "Tensor.squeeze", "Tensor.expand", "Tensor.select", "Tensor.narrow", "Tensor.unbind",
+    "Tensor.split", "Tensor.chunk", "Tensor.unflatten", "Tensor.movedim", "Tensor.as_strided",
+    "torch.transpose", "torch.permute", "torch.unsqueeze", "torch.squeeze", "torch.select", "torch.narrow",
+    "torch.unbind", "torch.split", "torch.chunk", "torch.movedim", "torch.t",
+})  # fmt: skip
 _DUNDERS = {
     "add": "add", "sub": "sub", "mul": "mul", "truediv": "div", "div": "div", "floordiv": "floor_divide",
     "mod": "remainder", "pow": "pow", "and": "bitwise_and", "or": "bitwise_or", "xor": "bitwise_xor",
@@ -161,10 +181,10 @@ def op_name(func: Callable[..., Any]) -> str:
 
 def classify(func: Callable[..., Any]) -> OpRule:
     name = op_name(func)
-    kind = _BY_NAME.get(name)
+    kind = _BY_NAME.get(name) or (Kind.PASSTHROUGH if name in _PASSTHROUGH else None)
     base = name.rsplit(".", 1)[-1]
     if kind is None and name.startswith("Tensor.") and base in ("__get__", "__set__"):
-        kind = Kind.UNCHECKED  # other properties: shape, dtype, data, grad, T, requires_grad, ...
+        kind = Kind.PASSTHROUGH  # other properties: shape, dtype, data, grad, T, requires_grad, ...
     inplace = reflected = False
     if base.startswith("__") and base.endswith("__"):
         core = base[2:-2]
@@ -203,8 +223,7 @@ def is_tensor_iterator(aten_name: str) -> bool:
     return any(torch.Tag.pointwise in getattr(packet, overload).tags for overload in packet.overloads())  # type: ignore[no-untyped-call]
 
 
-@dataclass(frozen=True)
-class Operand:
+class Operand(NamedTuple):
     device: torch.device
     is_output: bool
     is_cpu_scalar: bool  # 0-dim and on the CPU
@@ -220,11 +239,11 @@ def first_mismatch(operands: Sequence[Operand], *, tensor_iterator: bool) -> tup
             if operand.device != common:
                 return common, operand.device
         return None
-    common = next((op.device for op in operands if op.device.type != "cpu"), operands[0].device)
+    common = next((op.device for op in operands if op.device != CPU), operands[0].device)
     for operand in operands:
         if operand.device == common:
             continue
-        if common.type != "cpu" and not operand.is_output and operand.is_cpu_scalar:
+        if common != CPU and not operand.is_output and operand.is_cpu_scalar:
             continue  # TensorIterator: a CPU scalar input rides along with CUDA tensors
         return common, operand.device
     return None
@@ -235,17 +254,38 @@ def common_device(operands: Sequence[Operand], *, tensor_iterator: bool) -> torc
     if not operands:
         return None
     if tensor_iterator:
-        return next((op.device for op in operands if op.device.type != "cpu"), operands[0].device)
+        return next((op.device for op in operands if op.device != CPU), operands[0].device)
     return operands[0].device
 
 
-def tensors_in(value: object) -> Iterator[torch.Tensor]:
-    """Tensors in an argument, looking inside lists, tuples and dict values (torch.cat's list, index tuples)."""
+def tensors_in(value: object) -> list[torch.Tensor]:
+    """Tensors in an argument, looking inside lists, tuples and dict values (torch.cat's list, index tuples).
+
+    Runs for every op under the mode, so it is a plain loop over the common shapes: a tensor, or a flat
+    sequence of tensors and non-tensors."""
     if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from tensors_in(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from tensors_in(item)
+        return [value]
+    found: list[torch.Tensor] = []
+    if type(value) in _CONTAINERS:
+        _collect(value.values() if type(value) is dict else value, found)  # type: ignore[attr-defined]
+    return found
+
+
+def tensors_of_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """The tensor arguments of a call: positional first, then keyword values, in order."""
+    found: list[torch.Tensor] = []
+    _collect(args, found)
+    if kwargs:
+        _collect(kwargs.values(), found)
+    return found
+
+
+_CONTAINERS = (list, tuple, dict)
+
+
+def _collect(items: Iterable[object], found: list[torch.Tensor]) -> None:
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif type(item) in _CONTAINERS or isinstance(item, (list, tuple, dict)):
+            _collect(item.values() if isinstance(item, dict) else item, found)  # type: ignore[arg-type]

@@ -39,7 +39,9 @@ class OrdinalDevice(metaclass=_DeviceType):
 
 class _TorchWithCudaOrdinals(types.ModuleType):
     def __getattr__(self, name: str) -> Any:
-        return OrdinalDevice if name == "device" else getattr(torch, name)
+        value = OrdinalDevice if name == "device" else getattr(torch, name)
+        setattr(self, name, value)  # found without __getattr__ next time (accelerate reads torch.* per tensor)
+        return value
 
 
 def ints_are_cuda_ordinals() -> bool:
