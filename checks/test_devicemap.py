@@ -55,7 +55,7 @@ def test_model_args_parse_like_lmms_eval(diag_topology: Topology, check: Check, 
                    "(`Unexpected kwargs`)", "Remove the spaces after the commas in --model_args.")  # fmt: skip
 
 
-def test_device_map_is_accepted_by_transformers(map_case: MapCase, diag_topology: Topology, check: Check) -> None:
+def test_device_map_is_accepted_by_transformers(map_case: MapCase, case_topology: Topology, check: Check) -> None:
     _usable(check, map_case)
     assert map_case.source is not None
     value = map_case.source.value
@@ -64,7 +64,7 @@ def test_device_map_is_accepted_by_transformers(map_case: MapCase, diag_topology
     error = transformers_rejects(value)
     if error is None:
         return
-    visible = len(diag_topology.cuda.devices)
+    visible = len(case_topology.cuda.devices)
     if isinstance(value, int):
         check.fail("MAP-002", f"{map_case.source.text}: from_pretrained would raise {error}", subject="device_map")
     suggestion = "device_map=auto" if visible > 1 else "device_map=cuda:0"
@@ -79,12 +79,12 @@ def test_device_map_is_accepted_by_transformers(map_case: MapCase, diag_topology
 
 
 def test_device_map_names_only_visible_gpus(
-    map_case: MapCase, diag_topology: Topology, diag_selection: object, check: Check, report_dir: Path
+    map_case: MapCase, case_topology: Topology, diag_selection: object, check: Check, report_dir: Path
 ) -> None:
     _usable(check, map_case)
     assert map_case.source is not None
     value = map_case.source.value
-    visible = len(diag_topology.cuda.devices)
+    visible = len(case_topology.cuda.devices)
     if map_case.source.kind == "strategy" or value is None:
         return
     if isinstance(value, dict):
@@ -97,13 +97,13 @@ def test_device_map_names_only_visible_gpus(
     beyond = [o for o in ordinals if o >= visible]
     if not beyond:
         return
-    selected = list(diag_topology.selection.nvml_indices)
+    selected = list(case_topology.selection.nvml_indices)
     if isinstance(value, dict) and set(ordinals) <= set(selected):
         remap = {nvml: cuda for cuda, nvml in enumerate(selected)}
         fixed = {k: (remap[o] if (o := cuda_ordinal(v)) is not None and o in remap else v) for k, v in value.items()}
         path = write_map(report_dir, map_case.id, fixed)
         check.fail("MAP-004", f"the map uses nvidia-smi numbers {beyond}: this process sees cuda:0-{visible - 1} "
-                   f"(CUDA_VISIBLE_DEVICES={diag_topology.selection.cuda_visible_devices})",
+                   f"(CUDA_VISIBLE_DEVICES={case_topology.selection.cuda_visible_devices})",
                    f"Use the corrected map {path} (physical GPU n -> cuda ordinal).", device_map_file=path,
                    subject="device_map")  # fmt: skip
     rank = "" if map_case.source.value != "cuda" else " (transformers 5 reads `cuda` as cuda:{LOCAL_RANK})"
@@ -113,15 +113,15 @@ def test_device_map_names_only_visible_gpus(
 
 
 def test_device_map_covers_the_model(
-    map_case: MapCase, meta_model: torch.nn.Module, diag_topology: Topology, check: Check, report_dir: Path
+    map_case: MapCase, meta_model: torch.nn.Module, case_topology: Topology, check: Check, report_dir: Path
 ) -> None:
     _usable(check, map_case)
     assert map_case.source is not None
     if not isinstance(map_case.source.value, dict):
         pytest.skip("only a dict map names modules")
-    visible = len(diag_topology.cuda.devices)
-    fixed, _ = correct_dict_map(meta_model, map_case.source.value, visible, diag_topology.selection.nvml_indices)
-    report = check_dict_map(meta_model, map_case.source.value, visible, diag_topology.selection.nvml_indices)
+    visible = len(case_topology.cuda.devices)
+    fixed, _ = correct_dict_map(meta_model, map_case.source.value, visible, case_topology.selection.nvml_indices)
+    report = check_dict_map(meta_model, map_case.source.value, visible, case_topology.selection.nvml_indices)
     path = write_map(report_dir, map_case.id, fixed) if fixed is not None else None
     for warning in report.warnings:
         check.warn(warning.code, warning.message, f"Use the corrected map {path}." if path else None)
@@ -134,14 +134,14 @@ def test_device_map_covers_the_model(
 
 
 def test_model_fits_in_gpu_memory(
-    map_case: MapCase, meta_model: torch.nn.Module, diag_topology: Topology, check: Check
+    map_case: MapCase, meta_model: torch.nn.Module, case_topology: Topology, check: Check
 ) -> None:
     _usable(check, map_case)
     assert map_case.source is not None and map_case.model is not None
-    device_map = resolve_map(map_case.source, meta_model, diag_topology)
+    device_map = resolve_map(map_case.source, meta_model, case_topology)
     if device_map is None:
         pytest.skip("the map itself is not usable (see the checks above)")
-    rows = plan_rows(meta_model, map_case.model, device_map, diag_topology)
+    rows = plan_rows(meta_model, map_case.model, device_map, case_topology)
     check.record("plan", [row.as_dict() for row in rows])
     short = [r for r in rows if r.shortfall_bytes > 0]
     offload = [r for r in rows if r.device in ("cpu", "disk") and r.planned_bytes > 0]
@@ -181,7 +181,7 @@ def test_model_fits_in_gpu_memory(
 
 
 def test_auto_split_uses_only_visible_gpus(
-    map_case: MapCase, diag_topology: Topology, check: Check, request: pytest.FixtureRequest
+    map_case: MapCase, case_topology: Topology, check: Check, request: pytest.FixtureRequest
 ) -> None:
     import os
 
@@ -191,14 +191,14 @@ def test_auto_split_uses_only_visible_gpus(
     assert map_case.source is not None and map_case.model is not None
     if map_case.source.origin != "AUTO_SPLIT":
         pytest.skip("AUTO_SPLIT=1 is not set (or the model is not InternVL-Chat)")
-    cvd = diag_topology.selection.cuda_visible_devices
+    cvd = case_topology.selection.cuda_visible_devices
     if cvd:
         try:
             parse_cuda_visible_devices_like_vlmevalkit(cvd)
         except (ValueError, SplitError) as exc:
             check.fail("SPLIT-002", f"VLMEvalKit's run.py cannot read CUDA_VISIBLE_DEVICES={cvd}: {exc}",
                        subject="CUDA_VISIBLE_DEVICES")  # fmt: skip
-    visible = len(diag_topology.cuda.devices)
+    visible = len(case_topology.cuda.devices)
     assert isinstance(map_case.source.value, dict)
     used = sorted({int(v) for v in map_case.source.value.values()})
     check.record("auto_split", {"gpus_used": used, "visible": visible})
@@ -209,8 +209,10 @@ def test_auto_split_uses_only_visible_gpus(
 
     processes = request.config.getoption("processes")
     env = {**os.environ, **({"LOCAL_WORLD_SIZE": str(processes)} if processes else {})}
+    if map_case.local_rank is not None:  # one VLMEvalKit process of several, in its own slice
+        env["LOCAL_RANK"] = str(map_case.local_rank)
     try:
-        older = auto_split_source(map_case.model, diag_topology, env, variant="dec09-2024")
+        older = auto_split_source(map_case.model, case_topology, env, variant="dec09-2024")
     except (AssertionError, ValueError) as exc:
         check.warn("SPLIT-001", f"VLMEvalKit from Dec 9 to Dec 30 2024 (8 GPUs assumed) would fail here: {exc}")
         return

@@ -36,27 +36,27 @@ def _message(verdict: Verdict, map_text: str) -> str:
 
 
 def test_twin_runs_with_the_map(
-    twin_case: tuple[MapCase, bool], meta_model: torch.nn.Module, diag_topology: Topology, check: Check,
+    twin_case: tuple[MapCase, bool], meta_model: torch.nn.Module, case_topology: Topology, check: Check,
     report_dir: Path,
 ) -> None:  # fmt: skip
     case, forced = twin_case
     assert case.model is not None and case.source is not None
-    visible = len(diag_topology.cuda.devices)
+    visible = len(case_topology.cuda.devices)
     if visible == 0:
         pytest.skip("no GPU is visible to this process (see the environment checks)")
     device_map = (
         forced_map(meta_model, visible, case.model.family)
         if forced
-        else resolve_map(case.source, meta_model, diag_topology, corrected=False)
+        else resolve_map(case.source, meta_model, case_topology, corrected=False)
     )
     if device_map is None:
         pytest.skip("the map itself is not usable (see checks/test_devicemap.py)")
     replan = None
     if case.source.kind == "strategy" and not forced:
         memory: dict[int | str, int] = {"cpu": host_memory_bytes()}
-        memory.update(free_bytes_by_ordinal(diag_topology))
+        memory.update(free_bytes_by_ordinal(case_topology))
         replan = (str(case.source.value), memory)
-    simulated = visible if diag_topology.node.simulated else None
+    simulated = visible if case_topology.node.simulated else None
     if simulated is None and not torch.cuda.is_available():
         pytest.skip("torch in this process cannot use the GPUs (see test_torch_is_a_cuda_build_the_driver_supports)")
     verdict = check_run(case.model, device_map, simulated_gpus=simulated, meta_model=meta_model, replan=replan)

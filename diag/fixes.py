@@ -310,6 +310,44 @@ _CATALOG: tuple[FixCode, ...] = (
         "A file under checks/ failed to import or a fixture could not be set up before any check ran.",
         "Read the collection error above; reinstall diag in the eval environment (`pip install -e .`).",
     ),
+    FixCode(
+        "LAYOUT-001",
+        "More processes on this node than GPUs it can see",
+        "torchrun and `accelerate launch` start one process per `--nproc-per-node` / `--num_processes`, and each "
+        "process takes `cuda:{LOCAL_RANK}`: a rank beyond the visible GPUs fails with `RuntimeError: CUDA error: "
+        "invalid device ordinal`. VLMEvalKit's run.py stops first with `AssertionError: The number of processes "
+        "should be less than or equal to the number of GPUs`.",
+        "Launch no more processes per node than the GPUs selected (`--nproc-per-node` / `--num_processes`), or "
+        "select more GPUs.",
+        (
+            "EvolvingLMMs-Lab/lmms-eval#31",
+            "THUDM/CogVLM#33",
+            "THUDM/CogVLM#293",
+            "FACTS.md: VLMEvalKit: AUTO_SPLIT and GPU slicing",
+        ),
+    ),
+    FixCode(
+        "LAYOUT-002",
+        "Several lmms-eval processes and device_map=auto at once",
+        "With `accelerate launch --num_processes` above 1, lmms-eval's llava_hf family (llava_hf, idefics2, "
+        "llama_vision, aria) still passes device_map=auto to from_pretrained in every process, so each process "
+        "loads its own copy split over every visible GPU and evaluates the whole task; llava, llava_onevision, "
+        "internvl2 and qwen2_vl ignore it and load the whole model on `cuda:{local_process_index}`. Either way "
+        "the run is out of memory, crosses devices or repeats the work.",
+        "Either one process with device_map=auto (a model too large for one GPU: run `python -m lmms_eval`, not "
+        "`accelerate launch`), or several processes without device_map=auto (a model that fits one GPU each). The "
+        "fix in the report says which of the two fits the selected GPUs.",
+        ("EvolvingLMMs-Lab/lmms-eval#50", "EvolvingLMMs-Lab/lmms-eval#12", "FACTS.md: lmms-eval: `--model_args`"),
+    ),
+    FixCode(
+        "LAYOUT-003",
+        "VLMEvalKit leaves some selected GPUs unused",
+        "VLMEvalKit's run.py gives each of LOCAL_WORLD_SIZE processes `NGPU // LOCAL_WORLD_SIZE` GPUs from the "
+        "list in CUDA_VISIBLE_DEVICES, in order; the remainder at the end of the list is never used.",
+        "Select a multiple of the process count (`CUDA_VISIBLE_DEVICES` with N x processes entries), or launch a "
+        "process count that divides the GPUs.",
+        ("FACTS.md: VLMEvalKit: AUTO_SPLIT and GPU slicing",),
+    ),
 )
 
 CATALOG: dict[str, FixCode] = {fix.code: fix for fix in _CATALOG}

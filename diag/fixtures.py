@@ -93,6 +93,12 @@ def map_case(twin_case: tuple[MapCase, bool]) -> MapCase:
 
 
 @pytest.fixture
+def case_topology(map_case: MapCase, diag_topology: Topology) -> Topology:
+    """The GPUs a map case is judged on: its VLMEvalKit process's slice of the selection, else the selection."""
+    return map_case.topology or diag_topology
+
+
+@pytest.fixture
 def meta_model(request: pytest.FixtureRequest, map_case: MapCase) -> torch.nn.Module:
     """The full-width model of the case on the meta device, in the eval's dtype; built once per model."""
     if map_case.model is None:

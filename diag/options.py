@@ -53,6 +53,21 @@ def _device_map(value: str) -> str:
     return value
 
 
+EVAL_KITS = ("lmms-eval", "vlmevalkit")
+
+
+def _eval_kit(value: str) -> str:
+    if value not in EVAL_KITS:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected one of {', '.join(EVAL_KITS)}")
+    return value
+
+
+def _eval_model(value: str) -> str:
+    if not value.strip() or value.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected the lmms-eval model class (llava_hf, llava, …)")
+    return value.strip()
+
+
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("diag", "diag: pre-flight checks for multi-GPU evals")
     group.addoption(
@@ -106,6 +121,22 @@ def add_options(parser: pytest.Parser) -> None:
         help="processes the eval launches on this node; default LOCAL_WORLD_SIZE / WORLD_SIZE, else 1",
     )
     group.addoption(
+        "--eval-kit",
+        type=_eval_kit,
+        default=None,
+        metavar="KIT",
+        help="the eval kit the launch follows (lmms-eval, vlmevalkit), for the launch-layout checks; "
+        "default: lmms-eval when --model-args or --eval-model is given, else none",
+    )
+    group.addoption(
+        "--eval-model",
+        type=_eval_model,
+        default=None,
+        metavar="CLASS",
+        help="lmms-eval's --model (llava_hf, llava, internvl2, qwen2_vl, …): its device_map default and what it "
+        "does with several processes",
+    )
+    group.addoption(
         "--diag-report",
         type=_report_path,
         default=None,
@@ -124,6 +155,15 @@ class DiagOptions:
     model_args: str | None
     processes: int | None
     report_path: str | None
+    eval_kit: str | None = None
+    eval_model: str | None = None
+
+    @property
+    def kit(self) -> str | None:
+        """The eval kit whose launch rules apply: --eval-kit, else lmms-eval when its options are given."""
+        if self.eval_kit is not None:
+            return self.eval_kit
+        return "lmms-eval" if self.model_args is not None or self.eval_model is not None else None
 
     @property
     def any_given(self) -> bool:
@@ -140,6 +180,8 @@ def read_options(config: pytest.Config) -> DiagOptions:
         model_args=config.getoption("model_args"),
         processes=config.getoption("processes"),
         report_path=config.getoption("diag_report"),
+        eval_kit=config.getoption("eval_kit"),
+        eval_model=config.getoption("eval_model"),
     )
     if options.simulate and options.topology:
         raise pytest.UsageError("--simulate and --topology both describe the node: give one of them")

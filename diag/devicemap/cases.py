@@ -10,13 +10,14 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diag.devicemap.sources import DeviceMapSource
 
 if TYPE_CHECKING:
+    from diag.layout import ProcessSlice
     from diag.options import DiagOptions
     from diag.topology.records import Topology
     from diag.twins import ModelSpec
@@ -34,6 +35,9 @@ class MapCase:
     source: DeviceMapSource | None
     problem: str | None = None
     problem_code: str | None = None
+    # A VLMEvalKit process's slice of the GPUs: the view the checks judge this case on (None: the node's view).
+    topology: Topology | None = None
+    local_rank: int | None = None
 
 
 def _models(options: DiagOptions) -> tuple[list[ModelSpec], str | None]:
@@ -57,18 +61,20 @@ def _models(options: DiagOptions) -> tuple[list[ModelSpec], str | None]:
 
 
 def _source(options: DiagOptions, model: ModelSpec, topology: Topology, env: Mapping[str, str]) -> MapCase:
-    from diag.devicemap.model_args import ModelArgsError, device_map_from_model_args
+    from diag.devicemap.model_args import ModelArgsError, device_map_for_process, device_map_from_model_args
     from diag.devicemap.sources import parse_device_map_option
+    from diag.layout import local_processes, local_rank
 
     if options.device_map is not None:
         return _case(model, parse_device_map_option(options.device_map))
-    if options.model_args is not None:
+    if options.model_args is not None or options.eval_model is not None:
         try:
-            source = device_map_from_model_args(options.model_args, None)
+            source = device_map_from_model_args(options.model_args or "", options.eval_model)
         except ModelArgsError as exc:
             return MapCase(f"{model.name}-model-args", model, None, str(exc), "MAP-009")
         if source is not None:
-            return _case(model, source)
+            processes = local_processes(options.processes, env).count
+            return _case(model, device_map_for_process(source, processes, local_rank(env) or 0))
     if env.get("AUTO_SPLIT") == "1" and model.family == "internvl-chat":
         if options.processes is not None:  # --processes stands for the launcher's LOCAL_WORLD_SIZE
             env = {**env, "LOCAL_WORLD_SIZE": str(options.processes)}
@@ -120,7 +126,38 @@ def map_cases(options: DiagOptions, topology: Topology, env: Mapping[str, str] |
     models, problem = _models(options)
     if problem:
         return [MapCase("model", None, None, problem, None)]
+    slices = _vlmevalkit_slices(options, topology, environ)
+    if slices:
+        return [_slice_case(options, model, topology, environ, piece, len(slices)) for piece in slices
+                for model in models]  # fmt: skip
     return [_source(options, model, topology, environ) for model in models]
+
+
+def _vlmevalkit_slices(options: DiagOptions, topology: Topology, env: Mapping[str, str]) -> list[ProcessSlice]:
+    """The slices VLMEvalKit's run.py makes when several processes run; [] where it makes none or fails
+    (UUID entries, more processes than GPUs: the launch-layout checks report those)."""
+    from diag.layout import local_processes, vlmevalkit_layout
+
+    processes = local_processes(options.processes, env).count
+    if options.kit != "vlmevalkit" or processes <= 1:
+        return []
+    try:
+        return list(vlmevalkit_layout(topology, processes).slices)
+    except (AssertionError, ValueError):
+        return []
+
+
+def _slice_case(
+    options: DiagOptions, model: ModelSpec, topology: Topology, env: Mapping[str, str], piece: ProcessSlice,
+    processes: int,
+) -> MapCase:  # fmt: skip
+    """The model's case as one VLMEvalKit process sees it: its slice of the GPUs, its LOCAL_RANK."""
+    from diag.layout import slice_topology
+
+    view = slice_topology(topology, piece)
+    rank_env = {**env, "LOCAL_RANK": str(piece.local_rank), "LOCAL_WORLD_SIZE": str(processes)}
+    case = _source(replace(options, processes=processes), model, view, rank_env)
+    return replace(case, id=f"{piece.id}-{case.id}", topology=view, local_rank=piece.local_rank)
 
 
 def write_map(report_dir: Path, case_id: str, device_map: Mapping[str, Any]) -> str:

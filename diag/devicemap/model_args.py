@@ -15,6 +15,7 @@ interpreter would print for lmms-eval too.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from diag.devicemap.sources import ORIGIN_DEFAULT, ORIGIN_MODEL_ARGS, DeviceMapSource
 
@@ -35,6 +36,12 @@ MODEL_CLASS_DEFAULT_DEVICE_MAP: Mapping[str, str | None] = {
     "qwen2_vl": "cuda",
     "cogvlm2": None,
 }
+# With several processes (`accelerate launch --num_processes N`, N > 1), read in the same files:
+# these classes load on `cuda:{local_process_index}` whatever device_map says ...
+PER_PROCESS_GPU_CLASSES = frozenset({"llava", "llava_onevision", "internvl2", "qwen2_vl"})
+# ... and these only when device_map is "": with device_map=auto every process splits the model over every
+# visible GPU and then runs as a single process (rank 0 of 1), so each evaluates the whole task.
+SPLIT_IN_EVERY_PROCESS_CLASSES = frozenset({"llava_hf", "idefics2", "llama_vision", "aria"})
 # The `device` default of the classes that fall back to it (qwen2_vl for an empty device_map, cogvlm2 always).
 _DEVICE_DEFAULT: Mapping[str, str] = {"qwen2_vl": "cuda", "cogvlm2": "cuda"}
 # cogvlm2's whole signature @59385164: any other key fails its `assert kwargs == {}`.
@@ -155,6 +162,22 @@ def device_map_from_model_args(text: str, model_class: str | None) -> DeviceMapS
     origin = ORIGIN_MODEL_ARGS if given else ORIGIN_DEFAULT
     passed, note = _as_the_class_passes_it(model_class, value, args)
     return DeviceMapSource(passed, origin, written, model_class, note)
+
+
+def device_map_for_process(source: DeviceMapSource, processes: int, local_rank: int) -> DeviceMapSource:
+    """What one of `processes` processes passes to `from_pretrained`, given the one-process `source`.
+
+    With several processes the classes of PER_PROCESS_GPU_CLASSES pass `cuda:{local_rank}` and the
+    SPLIT_IN_EVERY_PROCESS_CLASSES do so for an empty device_map; anything else is passed as it is.
+    """
+    model_class = source.model_class
+    if processes <= 1 or model_class is None:
+        return source
+    ignored = model_class in PER_PROCESS_GPU_CLASSES
+    if ignored or (model_class in SPLIT_IN_EVERY_PROCESS_CLASSES and source.value == ""):
+        note = f"with {processes} processes {model_class} loads each on cuda:{{local_process_index}}"
+        return replace(source, value=f"cuda:{local_rank}", note=note)
+    return source
 
 
 def _as_the_class_passes_it(

@@ -1,0 +1,1 @@
+"""`python -m diag run [diag options] -- COMMAND …`: the checks an eval command implies, then the command."""

@@ -1,0 +1,130 @@
+"""The launch layout: how many processes run on this node, and which GPUs each of them gets.
+
+The process count is read from a chain of providers: `--processes`, then what the launchers set
+(LOCAL_WORLD_SIZE from torchrun and accelerate, SLURM_NTASKS_PER_NODE from srun), then WORLD_SIZE, else 1.
+VLMEvalKit's run.py then narrows CUDA_VISIBLE_DEVICES in each process (`diag.devicemap.autosplit.process_slices`);
+a slice is turned into the topology that process sees, so the device-map checks run on it unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from diag.devicemap.autosplit import parse_cuda_visible_devices_like_vlmevalkit, process_slices
+from diag.topology.records import CudaDevice, SelectedGpu, Selection, Topology, uuid_key
+
+
+@dataclass(frozen=True)
+class ProcessCount:
+    """Processes the eval launches on this node, and where the number was read."""
+
+    count: int
+    origin: str  # "--processes", "LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "WORLD_SIZE" or "default"
+    ignored: tuple[str, ...] = ()  # variables that were set but held no usable number, as NAME=value
+
+
+def _from_env(name: str) -> Callable[[Mapping[str, str]], int | None]:
+    def read(env: Mapping[str, str]) -> int | None:
+        # SLURM_NTASKS_PER_NODE may carry a repeat count on heterogeneous jobs, as in "2(x3)".
+        match = re.fullmatch(r"\s*([0-9]+)(\(x[0-9]+\))?\s*", env.get(name, ""))
+        return int(match[1]) if match and int(match[1]) > 0 else None
+
+    return read
+
+
+_ENV_PROVIDERS = ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "WORLD_SIZE")
+
+
+def local_processes(option: int | None, env: Mapping[str, str]) -> ProcessCount:
+    """The first provider that answers: `--processes`, LOCAL_WORLD_SIZE, SLURM_NTASKS_PER_NODE, WORLD_SIZE, 1."""
+    if option is not None:
+        return ProcessCount(option, "--processes")
+    ignored: list[str] = []
+    for name in _ENV_PROVIDERS:
+        count = _from_env(name)(env)
+        if count is not None:
+            return ProcessCount(count, name, tuple(ignored))
+        if env.get(name):
+            ignored.append(f"{name}={env[name]}")
+    return ProcessCount(1, "default", tuple(ignored))
+
+
+def local_rank(env: Mapping[str, str]) -> int | None:
+    """This process's rank on the node (LOCAL_RANK from the launchers, SLURM_LOCALID from srun), if set."""
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = env.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+@dataclass(frozen=True)
+class ProcessSlice:
+    """The GPUs one local process gets from VLMEvalKit's run.py."""
+
+    local_rank: int
+    positions: tuple[int, ...]  # positions in the GPU list (the CUDA ordinals of the launching process)
+    tokens: tuple[str, ...]  # the CUDA_VISIBLE_DEVICES entries run.py sets for the process
+
+    @property
+    def id(self) -> str:
+        return f"rank{self.local_rank}-gpus{','.join(self.tokens)}"
+
+    @property
+    def cuda_visible_devices(self) -> str:
+        return ",".join(self.tokens)
+
+
+@dataclass(frozen=True)
+class VlmevalkitLayout:
+    """run.py's split of the GPU list over the local processes, and the entries it leaves unused."""
+
+    gpu_list: tuple[str, ...]
+    slices: tuple[ProcessSlice, ...]
+    unused: tuple[str, ...]
+
+
+def vlmevalkit_layout(topology: Topology, processes: int) -> VlmevalkitLayout:
+    """What run.py does with the GPU list for `processes` local processes.
+
+    Raises what run.py raises: ValueError (int() of a `GPU-…`/`MIG-…` entry) and VlmevalkitAssertion (more
+    processes than GPUs). Without CUDA_VISIBLE_DEVICES run.py counts every GPU of the node (`nvidia-smi
+    --list-gpus`), which is what the launching process sees then.
+    """
+    cvd = topology.selection.cuda_visible_devices
+    if cvd:
+        gpu_list = tuple(str(entry) for entry in parse_cuda_visible_devices_like_vlmevalkit(cvd))
+    else:
+        gpu_list = tuple(str(device.cuda_index) for device in topology.cuda.devices)
+    if processes <= 1:
+        only: tuple[ProcessSlice, ...] = (ProcessSlice(0, tuple(range(len(gpu_list))), gpu_list),)
+        return VlmevalkitLayout(gpu_list, only, ())
+    positions = process_slices(len(gpu_list), processes)
+    slices = tuple(
+        ProcessSlice(rank, tuple(spans), tuple(gpu_list[p] for p in spans)) for rank, spans in enumerate(positions)
+    )
+    used = {p for s in slices for p in s.positions}
+    return VlmevalkitLayout(gpu_list, slices, tuple(t for p, t in enumerate(gpu_list) if p not in used))
+
+
+def slice_topology(topology: Topology, piece: ProcessSlice) -> Topology:
+    """The topology a process of this slice sees: its GPUs only, numbered cuda:0.. in the slice's order."""
+    devices = topology.cuda.devices
+    chosen = [devices[p] for p in piece.positions if p < len(devices)]
+    renumbered = tuple(CudaDevice(i, d.uuid, d.name, d.memory_total_mib) for i, d in enumerate(chosen))
+    new_index = {d.cuda_index: i for i, d in enumerate(chosen)}
+    peers = tuple(
+        (new_index[a], new_index[b], ok) for a, b, ok in topology.cuda.peer_access if a in new_index and b in new_index
+    )
+    cuda = replace(topology.cuda, devices=renumbered, peer_access=peers)
+    by_uuid = {uuid_key(u): g.nvml_index for g in topology.node.gpus for u in (g.uuid, *g.mig_uuids)}
+    entries = tuple(
+        SelectedGpu(token, by_uuid.get(uuid_key(device.uuid)), device.uuid)
+        for token, device in zip(piece.tokens, chosen, strict=False)
+    )
+    selection = Selection(
+        topology.selection.origin, entries, piece.cuda_visible_devices, topology.selection.cuda_device_order
+    )
+    return Topology(topology.node, cuda, selection)
