@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
         help="also show which GPUs this selection gives cuda:0..N (adds a 'view' section)",
     )
     commands.add_parser("fix-codes", help="print the fix-code catalog as Markdown (docs/fix-codes.md)")
+    merge = commands.add_parser("merge", help="join the per-rank reports of a launched job into one fleet report")
+    merge.add_argument("reports", nargs="+", metavar="REPORT", help="diag reports, one per rank (reports/*.json)")
+    merge.add_argument("-o", "--output", default="reports/fleet.json", metavar="PATH",
+                       help="where the fleet report goes (default: reports/fleet.json)")  # fmt: skip
     run = commands.add_parser(
         "run",
         help="run the checks an eval command implies, then the command if they pass: "
@@ -53,6 +57,24 @@ def _print(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _merge(paths: Sequence[str], output: str) -> int:
+    """Exit 0: every rank reported and passed; 1: a failure or a missing rank; 2: a report cannot be merged."""
+    from diag.fleet import FleetError, fleet_ok, fleet_text, load_report, merge
+    from diag.report import write_report
+
+    try:
+        fleet = merge([load_report(p) for p in paths])
+        written = write_report(output, fleet)
+    except FleetError as exc:
+        print(f"python -m diag merge: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"python -m diag merge: error: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    _print(fleet_text(fleet) + f"\nfleet report: {written}")
+    return 0 if fleet_ok(fleet) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:  # handed over as written: argparse would consume the `--` before COMMAND
@@ -63,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "fix-codes":
         _print(catalog_markdown())
         return 0
+    if args.command == "merge":
+        return _merge(args.reports, args.output)
     if args.simulate and args.topology:
         _parser().error("--simulate and --topology both describe the node: give one of them")
     env = dict(os.environ)

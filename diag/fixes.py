@@ -1,7 +1,8 @@
 """The fix catalog: one stable code per cause, with the fix and the public threads it rests on.
 
-Codes are grouped by area (ENV, MAP, SPLIT, FWD, MEM, LAYOUT, DIAG) and never renumbered; docs/fix-codes.md is
-generated from this table (`python -m diag fix-codes`) and a test keeps the two in step.
+Codes are grouped by area (ENV, MAP, SPLIT, FWD, MEM, LAYOUT, DIST, DIAG) and never renumbered; docs/fix-codes.md
+is generated from this table (`python -m diag fix-codes`) and a test keeps the two in step. DIST (the collective
+check across ranks and nodes, and launcher timeouts) extends the areas DESIGN.md lists.
 """
 
 from __future__ import annotations
@@ -347,6 +348,97 @@ _CATALOG: tuple[FixCode, ...] = (
         "Select a multiple of the process count (`CUDA_VISIBLE_DEVICES` with N x processes entries), or launch a "
         "process count that divides the GPUs.",
         ("FACTS.md: VLMEvalKit: AUTO_SPLIT and GPU slicing",),
+    ),
+    FixCode(
+        "DIST-001",
+        "A rank did not answer the collective",
+        "One or more ranks of the launched job did not reach the rendezvous, the process-group setup or the "
+        "all-reduce within the collective check's timeout: the process died, hangs, or cannot reach the others. "
+        "The eval would wait at its first collective for its own process-group timeout, then die with an NCCL "
+        "watchdog timeout.",
+        "Look at the rank and node the message names (is it running; what is it waiting for?), then the usual "
+        "causes: a firewall between the nodes, NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME naming an interface the "
+        "nodes do not share, a peer-to-peer path that hangs (NCCL_P2P_DISABLE=1), CUDA_VISIBLE_DEVICES that "
+        "differs between the ranks of a node.",
+        (
+            "open-compass/VLMEvalKit#1131",
+            "FACTS.md: Other misconfigurations seen in the threads",
+            "PyTorch docs: torch.distributed.init_process_group (timeout)",
+        ),
+    ),
+    FixCode(
+        "DIST-002",
+        "This rank cannot reach the rendezvous",
+        "The store at MASTER_ADDR:MASTER_PORT (served by rank 0, or by torchrun's agent on the first node) did not "
+        "answer within the timeout: rank 0 is not running, MASTER_ADDR does not name it as this node resolves it, "
+        "or a firewall blocks the port.",
+        "Start rank 0 first; export MASTER_ADDR as the first node's name or address and a free MASTER_PORT on every "
+        "node; open that port between the nodes.",
+        ("PyTorch docs: torch.distributed environment variable initialization (MASTER_ADDR, MASTER_PORT)",),
+    ),
+    FixCode(
+        "DIST-003",
+        "The ranks met but the collective failed",
+        "Every rank reached the step, yet the process group could not connect or the all-reduce failed or returned "
+        "a wrong sum: the ranks can reach the rendezvous but not each other on the ports and interface the backend "
+        "uses.",
+        "Set NCCL_SOCKET_IFNAME (GLOO_SOCKET_IFNAME for gloo) to an interface every node shares, open the ports "
+        "between the nodes, and re-run with NCCL_DEBUG=INFO; try NCCL_P2P_DISABLE=1 if ranks on one node hang.",
+        ("open-compass/VLMEvalKit#1131", "NVIDIA NCCL docs: environment variables"),
+    ),
+    FixCode(
+        "DIST-004",
+        "This rank cannot take part in a collective",
+        "The rank found before joining that it cannot: torch has no torch.distributed or no such backend, or (NCCL) "
+        "the GPU at its local rank does not exist. It told the others, which then fail with DIST-001 naming it.",
+        "Install a torch build with the backend (a CUDA build for NCCL) in the eval environment on every node, and "
+        "give each rank a GPU at its local rank.",
+        ("PyTorch docs: torch.distributed backends",),
+    ),
+    FixCode(
+        "DIST-005",
+        "Ranks on one node share a GPU or see different GPUs",
+        "Two ranks of one node resolve `cuda:LOCAL_RANK` to the same GPU, and NCCL refuses it with `Duplicate GPU "
+        "detected : rank 1 and rank 0 both on CUDA device …`; or the ranks of a node were given different "
+        "CUDA_VISIBLE_DEVICES, while lmms-eval takes `cuda:{local_process_index}` and VLMEvalKit slices the visible "
+        "list by LOCAL_RANK, both assuming every rank of a node sees the same GPUs.",
+        "Give every rank of a node the same CUDA_VISIBLE_DEVICES and let the launcher's LOCAL_RANK pick the GPU; "
+        "do not set a fixed device (`cuda:0`, `torch.cuda.set_device(0)`) in every process.",
+        ("NVIDIA/Megatron-LM#661", "NVIDIA/nccl#1241"),
+    ),
+    FixCode(
+        "DIST-006",
+        "A process-group timeout of hours or weeks hides a dead rank",
+        "When a rank dies, the others wait at their next collective for the process-group timeout before the job "
+        "fails, holding every GPU: VLMEvalKit waits DIST_TIMEOUT seconds (3600 by default); lmms-eval passes "
+        "accelerate `InitProcessGroupKwargs(timeout=timedelta(seconds=60000))` in `lmms_eval/__main__.py` and "
+        "`timedelta(weeks=52)` in model classes such as `lmms_eval/models/llava.py`.",
+        "Run diag's collective check under the same launcher before the eval (it fails in seconds); set "
+        "DIST_TIMEOUT to what one step may take (VLMEvalKit); for lmms-eval, watch the job's logs and cancel it "
+        "when ranks stop reporting, or lower the timeout in your lmms-eval copy.",
+        (
+            "open-compass/VLMEvalKit#1131",
+            "open-compass/VLMEvalKit: run.py (DIST_TIMEOUT)",
+            "EvolvingLMMs-Lab/lmms-eval: lmms_eval/__main__.py, lmms_eval/models/llava.py (InitProcessGroupKwargs)",
+        ),
+    ),
+    FixCode(
+        "DIST-007",
+        "DIST_TIMEOUT is not a whole number of seconds",
+        "VLMEvalKit's run.py reads `int(os.environ.get('DIST_TIMEOUT', 3600))` when WORLD_SIZE is above 1; any other "
+        "value raises `ValueError: invalid literal for int() with base 10` before the eval starts.",
+        "Set DIST_TIMEOUT to a whole number of seconds (`export DIST_TIMEOUT=1800`), or unset it for the default hour.",
+        ("open-compass/VLMEvalKit: run.py (DIST_TIMEOUT)", "open-compass/VLMEvalKit#1131"),
+    ),
+    FixCode(
+        "DIST-008",
+        "The launcher's environment is incomplete or inconsistent",
+        "RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR or MASTER_PORT (or SLURM_PROCID / SLURM_NTASKS under srun) is "
+        "missing, not a number, or out of range (RANK at or above WORLD_SIZE), or DIAG_COLLECTIVE_TIMEOUT is not a "
+        "number of seconds: torch.distributed cannot initialise from it.",
+        "Start the run with torchrun, `accelerate launch` or srun as docs/multi-node.md shows, which set these "
+        "variables; under srun export MASTER_ADDR (the first node) and MASTER_PORT yourself.",
+        ("PyTorch docs: torch.distributed environment variable initialization (MASTER_ADDR, MASTER_PORT)",),
     ),
 )
 

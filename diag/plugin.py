@@ -17,6 +17,7 @@ import pytest
 
 from diag import fixtures
 from diag.checking import USER_PROPERTY, CheckFailed
+from diag.dist import fixtures as dist_fixtures
 from diag.fixes import lookup
 from diag.options import add_options, read_options
 from diag.session import STATE, WORKER_TOPOLOGY, DiagState, last_line
@@ -69,6 +70,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "diag: a diag pre-flight check")
     if not config.pluginmanager.is_registered(fixtures):
         config.pluginmanager.register(fixtures, "diag.fixtures")
+    if not config.pluginmanager.is_registered(dist_fixtures):
+        config.pluginmanager.register(dist_fixtures, "diag.dist.fixtures")
     if state.active:
         config.pluginmanager.register(SessionHooks(state), "diag.session")
     if options.gpus is not None:

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+import string
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -18,6 +19,8 @@ from diag.topology.records import Topology, uuid_key
 
 SCHEMA = "diag-report/1"
 DEFAULT_PATH = "reports/diag-report.json"
+RANK_PATH = "reports/diag-report-{host}-rank{rank}.json"  # the default under a launcher: one report per rank
+PLACEHOLDERS = ("rank", "host")
 REDACTED = "<redacted>"
 _SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 _ENV_PREFIXES = ("CUDA_", "NCCL_", "SLURM_", "HF_", "TRANSFORMERS_", "ACCELERATE_", "PYTORCH_", "TORCH_")
@@ -159,17 +162,47 @@ def build_report(
     duration_s: float,
     environ: Mapping[str, str],
     overridden: Mapping[str, str | None] | None = None,
+    host: str | None = None,
+    launch: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The whole report as JSON data (DESIGN.md's `diag-report/1`; fields beyond it are additions, never renames)."""
+    """The whole report as JSON data (DESIGN.md's `diag-report/1`; fields beyond it are additions, never renames).
+
+    `host` is the machine that ran the checks; `launch` this process's place in a launched job (rank, world size,
+    local rank, launcher, rendezvous), None when no launcher started it.
+    """
     return {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": redacted_command(command),
+        "host": host,
+        "launch": dict(launch) if launch is not None else None,
         "environment": environment_section(topology, environ, overridden),
         "topology": topology_section(topology),
         "summary": summary_section(checks, duration_s),
         "checks": list(checks),
     }
+
+
+class ReportPathError(ValueError):
+    """--diag-report has a placeholder other than {rank} and {host}, or unbalanced braces."""
+
+
+def report_path(template: str | None, rootpath: Path, rank: int | None, host: str) -> Path:
+    """Where this run's report goes: --diag-report with {rank} and {host} filled in, else the default, which
+    names the host and the rank under a launcher (`reports/diag-report-node1-rank3.json`) so ranks never
+    overwrite each other's reports. Without a launcher {rank} is 0."""
+    if template is None:
+        return Path(rootpath, RANK_PATH.format(rank=rank, host=host) if rank is not None else DEFAULT_PATH)
+    try:
+        names = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as exc:
+        raise ReportPathError(f"--diag-report {template!r}: {exc}; expected {{rank}} and {{host}}") from None
+    unknown = sorted({n for n in names if n not in PLACEHOLDERS})
+    if unknown:
+        raise ReportPathError(
+            f"--diag-report {template!r} has {{{unknown[0]}}}: expected only the placeholders {{rank}} and {{host}}"
+        )
+    return Path(rootpath, template.format(rank=0 if rank is None else rank, host=host))
 
 
 def write_report(path: str | os.PathLike[str], report: Mapping[str, Any]) -> Path:

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from diag.checking import USER_PROPERTY
+from diag.dist import ranks
+from diag.dist.ranks import LaunchEnvError, launched_rank, rank_info
 from diag.fixes import lookup
 from diag.options import DiagOptions
-from diag.report import DEFAULT_PATH, build_report, write_report
+from diag.report import ReportPathError, build_report, report_path, write_report
 from diag.topology import build_topology
 from diag.topology.files import cuda_view_from_dict, node_from_dict
 from diag.topology.records import Topology
@@ -37,7 +39,11 @@ class DiagState:
         self.started = time.monotonic()
         self.saved_env: dict[str, str | None] = {}
         self.results: dict[str, dict[str, Any]] = {}
-        self.report_path = Path(options.report_path or Path(config.rootpath, DEFAULT_PATH))
+        try:  # a launched rank writes its own report: reports/diag-report-<host>-rank<N>.json by default
+            rank, host = launched_rank(os.environ), ranks.hostname()
+            self.report_path = report_path(options.report_path, config.rootpath, rank, host)
+        except ReportPathError as exc:
+            raise pytest.UsageError(str(exc)) from None
         self.written: Path | None = None
         self.write_error: str | None = None
         self.internal_error: str | None = None
@@ -149,6 +155,8 @@ class DiagState:
             duration_s=time.monotonic() - self.started,
             environ=os.environ,
             overridden=self.saved_env,
+            host=ranks.hostname(),
+            launch=_launch_section(),
         )
 
     def write(self) -> None:
@@ -159,6 +167,15 @@ class DiagState:
             self.write_error = None
         except Exception as exc:  # writing the report never crashes the run; the summary says it failed
             self.write_error = f"{type(exc).__name__}: {exc}"
+
+
+def _launch_section() -> dict[str, Any] | None:
+    """This rank's place in the launched job for the report; a malformed launcher variable is DIST-008's finding."""
+    try:
+        info = rank_info(os.environ)
+    except LaunchEnvError as exc:
+        return {"error": str(exc)}
+    return info.as_dict() if info is not None else None
 
 
 def _outcome(report: pytest.TestReport) -> str:

@@ -1,0 +1,1 @@
+"""Beyond one node: which rank this process is, the collective check over torch.distributed, launcher timeouts."""
