@@ -139,6 +139,13 @@ def _torchrun(args: Sequence[str], env: Mapping[str, str], launcher: str) -> Eva
     if per_node in ("gpu", "auto") and cvd:
         count = len([entry for entry in cvd.split(",") if entry.strip()])
         return replace(found, processes=count, processes_from=f"--nproc-per-node {per_node} (CUDA_VISIBLE_DEVICES)")
+    if per_node not in ("gpu", "auto", "cpu", "xpu"):  # counted from the devices: not asked here, no CUDA start
+        from torch.distributed.run import determine_local_world_size
+
+        try:
+            determine_local_world_size(per_node)  # torchrun's own reading: raises for a value it does not know
+        except ValueError as exc:
+            raise CommandError(f"{launcher} options: --nproc-per-node {per_node}: {exc}") from None
     note = f"--nproc-per-node {per_node}: one process per GPU torch finds, not derived here; give diag --processes N"
     return replace(found, notes=(*found.notes, note))
 
