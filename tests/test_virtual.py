@@ -188,6 +188,12 @@ def test_fresh_outputs_take_the_op_device_and_views_keep_labels(node: VirtualCud
     assert torch.full((2,), 7.0, device=torch.device("cuda", 2)).device == torch.device("cuda:2")
     assert torch.ones(2, device=1).device == torch.device("cuda:1")  # an int device is a CUDA ordinal
     assert x[torch.tensor([0, 2])].device == torch.device("cuda:1")
+    # Fresh outputs inside structured results (tuple subclasses) and lists are labelled too.
+    values, indices = torch.max(x, dim=1)
+    assert (values.device, indices.device) == (torch.device("cuda:1"), torch.device("cuda:1"))
+    assert {str(t.device) for t in torch.topk(x, 2)} == {"cuda:1"}
+    assert {str(t.device) for t in x.contiguous().t().contiguous().split(2)} == {"cuda:1"}
+    assert {str(t.device) for t in torch.broadcast_tensors(x, gpu(1, 6))} == {"cuda:1"}
 
 
 def test_tensor_device_answers_the_virtual_device(node: VirtualCuda) -> None:

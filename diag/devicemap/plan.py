@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import re
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +83,26 @@ def _extra_no_split(model: torch.nn.Module, classes: tuple[str, ...]) -> Iterato
 def plan_device_map(
     model: torch.nn.Module, strategy: str, max_memory: Mapping[int | str, int], extra_no_split: tuple[str, ...] = ()
 ) -> DeviceMap:
-    """The device map the installed transformers computes for `strategy` with this memory budget."""
+    """The device map the installed transformers computes for `strategy` with this memory budget.
+
+    The answer depends only on the model and the arguments, so it is kept per model for the session: the
+    device-map, memory and same-device checks ask for the same plan, and on transformers 4.x one plan of an
+    80-layer model takes seconds.
+    """
     memory = dict(max_memory)
+    key = (strategy, tuple(sorted(memory.items(), key=lambda item: str(item[0]))), tuple(extra_no_split))
+    plans = _PLANS.setdefault(model, {})
+    if key not in plans:
+        plans[key] = _plan(model, strategy, memory, extra_no_split)
+    return dict(plans[key])
+
+
+_PLANS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[Any, ...], DeviceMap]] = weakref.WeakKeyDictionary()
+
+
+def _plan(
+    model: torch.nn.Module, strategy: str, memory: dict[int | str, int], extra_no_split: tuple[str, ...]
+) -> DeviceMap:
     with _quiet(), cuda_ordinals_in_accelerate(), _extra_no_split(model, extra_no_split):
         try:
             from transformers.integrations.accelerate import _get_device_map  # transformers 5

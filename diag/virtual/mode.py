@@ -286,8 +286,9 @@ class VirtualMode(TorchFunctionMode):
         `device=` argument put the result; `labels` are the tensors' virtual devices (None: not on one)."""
         if tensors:
             devices = [tensor.device if label is None else label for tensor, label in zip(tensors, labels, strict=True)]
-            common: torch.device | None = devices[0]
-            if rule.kind is Kind.UNCHECKED or devices.count(common) == len(devices):
+            first = devices[0]
+            common: torch.device | None = first
+            if rule.kind is Kind.UNCHECKED or devices.count(first) == len(devices):
                 pass  # one device (the common case) passes every rule, and the output lives there
             else:
                 tensor_iterator = rule.kind is Kind.POINTWISE

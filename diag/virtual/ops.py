@@ -266,8 +266,10 @@ def tensors_in(value: object) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
     found: list[torch.Tensor] = []
-    if type(value) in _CONTAINERS:
-        _collect(value.values() if type(value) is dict else value, found)  # type: ignore[attr-defined]
+    if isinstance(value, dict):
+        _collect(value.values(), found)
+    elif isinstance(value, (list, tuple)):  # subclasses too: torch.return_types, ModelOutput's tuples
+        _collect(value, found)
     return found
 
 
@@ -280,12 +282,9 @@ def tensors_of_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[torch
     return found
 
 
-_CONTAINERS = (list, tuple, dict)
-
-
 def _collect(items: Iterable[object], found: list[torch.Tensor]) -> None:
     for item in items:
         if isinstance(item, torch.Tensor):
             found.append(item)
-        elif type(item) in _CONTAINERS or isinstance(item, (list, tuple, dict)):
+        elif isinstance(item, (list, tuple, dict)):
             _collect(item.values() if isinstance(item, dict) else item, found)  # type: ignore[arg-type]
