@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
 import re
 import string
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -72,14 +74,19 @@ def _version(dist: str) -> str | None:
 
 
 def installed_torch_cuda() -> str | None:
-    """torch.version.cuda of the installed torch, read from its file so the report never imports torch."""
+    """torch.version.cuda of the installed torch, read from its file so the report never imports torch (and
+    never reads torch's RECORD of thousands of files)."""
+    loaded = sys.modules.get("torch.version")
+    if loaded is not None:
+        return getattr(loaded, "cuda", None)
     try:
-        files = metadata.files("torch") or []
-    except metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec("torch")  # a top-level package: found, not imported
+    except (ImportError, ValueError):
         return None
-    for file in files:
-        if str(file).replace("\\", "/") == "torch/version.py":
-            text = Path(str(file.locate())).read_text(encoding="utf-8")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        version_file = Path(folder) / "version.py"
+        if version_file.is_file():
+            text = version_file.read_text(encoding="utf-8")
             match = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
             return match[1] if match else None
     return None

@@ -75,6 +75,20 @@ def test_torch_cuda_is_read_without_importing_torch():
     assert out.strip() == "False"
 
 
+def test_torch_cuda_is_read_from_a_cuda_build_file(tmp_path: Path) -> None:
+    """A CUDA wheel's torch/version.py, found on the path and read as text: the process never imports it."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    (tmp_path / "torch" / "version.py").write_text("__version__ = '2.14.1+cu124'\ncuda: Optional[str] = '12.4'\n")
+    code = "import diag.report as r; print(r.installed_torch_cuda())"
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "12.4"
+
+
 def test_fix_code_docs_are_in_step_with_the_catalog():
     assert (REPO / "docs" / "fix-codes.md").read_text() == catalog_markdown() + "\n"
 
