@@ -74,8 +74,10 @@ class StorageLabels:
         """Label the tensor's storage with a CUDA device; any other device removes the label, so a CPU (or
         meta) result never carries a stale CUDA label."""
         storage = storage_of(tensor)
-        if storage is None:
-            return
+        if storage is not None:
+            self.set_storage(storage, device)
+
+    def set_storage(self, storage: torch.UntypedStorage, device: torch.device) -> None:
         key = int(storage._cdata)
         if device == CPU or device.type != "cuda":
             self._entries.pop(key, None)

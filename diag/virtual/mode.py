@@ -18,7 +18,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from diag.virtual.errors import CrossDevice, indices_message, mask_message, numpy_message
-from diag.virtual.labels import StorageLabels, storage_key
+from diag.virtual.labels import StorageLabels, storage_key, storage_of
 from diag.virtual.modules import ModuleStack
 from diag.virtual.node import CPU, SimulatedNode, is_device_spec
 from diag.virtual.ops import (
@@ -129,8 +129,9 @@ class VirtualMode(TorchFunctionMode):
     def _label_fresh(self, result: object, input_keys: AbstractSet[int | None], device: torch.device) -> None:
         """Outputs that alias an input storage keep its label; fresh ones take the op's device."""
         if isinstance(result, torch.Tensor):
-            if storage_key(result) not in input_keys:
-                self.labels.set(result, device)
+            storage = storage_of(result)
+            if storage is not None and storage._cdata not in input_keys:
+                self.labels.set_storage(storage, device)
             return
         for tensor in tensors_in(result):
             key = storage_key(tensor)
@@ -142,6 +143,8 @@ class VirtualMode(TorchFunctionMode):
     ) -> torch.Tensor:
         """`result` of moving `tensor` from `source` to `target`: a copy whenever the device changes (torch
         returns the tensor itself only when it is already there), labelled with `target`."""
+        if result is tensor and target == source:
+            return result  # already there: accelerate's hooks move every input of every module like this
         aliased = storage_key(result) == storage_key(tensor)
         if target == source:
             if not aliased:

@@ -287,4 +287,4 @@ def _collect(items: Iterable[object], found: list[torch.Tensor]) -> None:
         if isinstance(item, torch.Tensor):
             found.append(item)
         elif isinstance(item, (list, tuple, dict)):
-            _collect(item.values() if isinstance(item, dict) else item, found)  # type: ignore[arg-type]
+            _collect(item.values() if isinstance(item, dict) else item, found)
