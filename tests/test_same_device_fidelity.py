@@ -113,3 +113,23 @@ def test_an_ordinal_beyond_the_visible_gpus_is_invalid():
     verdict = check_run(PRESETS["llava-1.5-7b"], {"": 5}, simulated_gpus=4, meta_model=meta)
     assert not verdict.result.ok and "invalid device ordinal" in (verdict.result.error or "")
     assert verdict.cause is not None and verdict.cause.code == "FWD-006"
+
+
+def test_internvl_chat_runs_the_eval_kits_chat_path_after_generate(monkeypatch: pytest.MonkeyPatch):
+    """The InternVL-Chat run goes through `chat` too (tokenised prompt, ids sent with `.cuda()`), with the
+    ids where chat put them: on the current GPU, cuda:0."""
+    from diag.samedevice import run as run_module
+    from diag.twins.internvl import InternVLChatModel
+
+    seen: list[tuple[str, str]] = []
+    original = InternVLChatModel.generate
+
+    def spy(self, pixel_values=None, input_ids=None, **kwargs):
+        seen.append((str(pixel_values.device), str(input_ids.device)))
+        return original(self, pixel_values=pixel_values, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(InternVLChatModel, "generate", spy)
+    spec = PRESETS["internvl2-8b"]
+    result = run_module.run_twin(spec, forced_map(build_meta(spec), 2, spec.family), simulated_gpus=2)
+    assert result.ok, result.error
+    assert seen == [("cuda:0", "cuda:0"), ("cuda:0", "cuda:0")]  # the kits' generate call, then chat's

@@ -28,6 +28,7 @@ from diag.twins import (
     preset_for_checkpoint,
     resolve_model,
 )
+from diag.twins.internvl import TwinTokenizer
 from diag.twins.presets import PUBLISHED_PARAMS
 
 TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
@@ -371,34 +372,11 @@ def test_internvl_forward_merges_image_embeddings_before_the_language_model(tiny
 
 def test_internvl_chat_tokenises_generates_and_decodes(tiny_models: dict[str, nn.Module]) -> None:
     model: Any = tiny_models["internvl2-76b"]
-    tokenizer = CharTokenizer()
+    tokenizer = TwinTokenizer()
     pixel_values = example_inputs(PRESETS["internvl2-76b"], model)["pixel_values"]
     answer = model.chat(tokenizer, pixel_values, "What is it?", {"max_new_tokens": 2, "do_sample": False})
     assert len(answer) == 2
     assert tokenizer.seen.count(255) == model.num_image_token
-
-
-class CharTokenizer:
-    """Just enough of a tokenizer for `chat`: one id per character, plus InternVL's image tokens."""
-
-    def __init__(self) -> None:
-        self.special = {"<img>": 253, "</img>": 254, "<IMG_CONTEXT>": 255}
-        self.seen: list[int] = []
-
-    def convert_tokens_to_ids(self, token: str) -> int:
-        return self.special[token]
-
-    def __call__(self, text: str, return_tensors: str) -> dict[str, torch.Tensor]:
-        ids: list[int] = []
-        while text:
-            token = next((t for t in self.special if text.startswith(t)), text[0])
-            ids.append(self.special[token] if token in self.special else 20 + ord(token) % 200)
-            text = text[len(token) :]
-        self.seen = ids
-        return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
-
-    def batch_decode(self, sequences: torch.Tensor, skip_special_tokens: bool) -> list[str]:
-        return ["".join(chr(65 + int(i) % 26) for i in row) for row in sequences]
 
 
 def test_cogvlm_takes_upstream_images_lists_and_stacked_pixel_values(tiny_models: dict[str, nn.Module]) -> None:

@@ -17,13 +17,14 @@ from typing import Any
 import torch
 
 from diag.twins import ModelSpec, build_tiny, example_inputs
+from diag.twins.internvl import TwinTokenizer
 
 SAME_DEVICE = "Expected all tensors to be on the same device"
 # Two wordings in torch 2.8+: elementwise ops say "found at least two devices, A and B!"; mm/bmm/addmm/
 # index_select/embedding say "but got mat2 is on B, different from other tensors on A" (pytorch PR #155085).
 _DEVICES = re.compile(r"found at least two devices, (\S+) and (\S+?)!")
 _DEVICES_NEW = re.compile(r"but got \w+ is on (\S+?), different from other tensors on (\S+?)[ ,.(]")
-STAGES = ("forward", "generate")
+STAGES = ("forward", "generate", "chat")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,12 @@ def run_stages(spec: ModelSpec, model: torch.nn.Module, inputs_device: str = "cu
         if spec.family == "internvl-chat":
             generate(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
                      attention_mask=inputs["attention_mask"], max_new_tokens=2, do_sample=False)  # fmt: skip
+            # The eval kits' own path: VLMEvalKit and lmms-eval call `chat`, which tokenises the prompt and
+            # sends the ids with `.cuda()` before the same generate.
+            yield "chat"
+            chat: Any = model.chat
+            greedy = {"max_new_tokens": 2, "do_sample": False}
+            chat(TwinTokenizer(), inputs["pixel_values"], "Describe the image.", greedy)
         else:
             generate(**inputs, max_new_tokens=2, do_sample=False)
 

@@ -28,6 +28,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOu
 
 from diag.twins._common import RMSNorm
 from diag.twins.internlm2 import InternLM2Config, InternLM2ForCausalLM
+from diag.twins.shrink import IMAGE_TOKEN, IMG_END, IMG_START
 
 IMG_START_TOKEN = "<img>"
 IMG_END_TOKEN = "</img>"
@@ -435,6 +436,31 @@ class InternVLChatModel(PreTrainedModel):  # type: ignore[no-untyped-call]
             pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, **generation_config
         )
         return tokenizer.batch_decode(output, skip_special_tokens=True)[0]
+
+
+class TwinTokenizer:
+    """Just enough of a tokenizer for the twin's `chat`: one id per character, plus InternVL's image tokens
+    (the ids the twin's config reserves for them). It stands in for the checkpoint's tokenizer, which diag never
+    downloads; only where the ids land matters to the same-device check, not what they say."""
+
+    def __init__(self) -> None:
+        self.special = {IMG_START_TOKEN: IMG_START, IMG_END_TOKEN: IMG_END, IMG_CONTEXT_TOKEN: IMAGE_TOKEN}
+        self.seen: list[int] = []
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.special[token]
+
+    def __call__(self, text: str, return_tensors: str) -> dict[str, torch.Tensor]:
+        ids: list[int] = []
+        while text:
+            token = next((t for t in self.special if text.startswith(t)), text[0])
+            ids.append(self.special[token] if token in self.special else 20 + ord(token) % 200)
+            text = text[len(token) :]
+        self.seen = ids
+        return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+
+    def batch_decode(self, sequences: torch.Tensor, skip_special_tokens: bool) -> list[str]:
+        return ["".join(chr(65 + int(i) % 26) for i in row) for row in sequences]
 
 
 def _language_model(config: PretrainedConfig) -> PreTrainedModel:
