@@ -133,3 +133,22 @@ def test_internvl_chat_runs_the_eval_kits_chat_path_after_generate(monkeypatch: 
     result = run_module.run_twin(spec, forced_map(build_meta(spec), 2, spec.family), simulated_gpus=2)
     assert result.ok, result.error
     assert seen == [("cuda:0", "cuda:0"), ("cuda:0", "cuda:0")]  # the kits' generate call, then chat's
+
+
+def test_image_merge_across_gpus_in_remote_code_before_internvl_07ef6e9():
+    """FACTS.md, InternVL step 3: remote code from before commit 07ef6e9 (#133) merges the image embeddings
+    without moving them, so `mlp1` on another GPU than the embeddings fails in generate; pinning the vision
+    side to the embeddings' GPU is the fix. Current upstream moves them first, and the same map runs."""
+    import dataclasses
+
+    spec = PRESETS["internvl2-8b"]
+    legacy = dataclasses.replace(spec, config={**spec.config, "merge_without_move": True})
+    meta = build_meta(legacy)
+    device_map = {**forced_map(meta, 2, spec.family), "vision_model": 1, "mlp1": 1}
+    verdict = check_run(legacy, device_map, simulated_gpus=2, meta_model=meta)
+    assert not verdict.result.ok and verdict.result.stage == "generate"
+    assert verdict.result.devices == ("cuda:0", "cuda:1")
+    assert verdict.cause is not None and verdict.cause.code == "FWD-003"
+    assert verdict.verified and verdict.fixed_map is not None
+    assert (verdict.fixed_map["vision_model"], verdict.fixed_map["mlp1"]) == (0, 0)
+    assert check_run(spec, device_map, simulated_gpus=2, meta_model=build_meta(spec)).result.ok

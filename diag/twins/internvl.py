@@ -10,9 +10,10 @@ it (InternVL2-4B), and the InternLM2 twin otherwise (-2B, -8B, -26B).
 The device-sensitive steps are kept as upstream writes them:
 - `forward` merges the image embeddings with `input_embeds[selected] = ...` without moving them (the training
   forward has no move: a split that puts `mlp1` and the embeddings on different GPUs fails there);
-- `generate` moves them to the embeddings' device first (upstream commit 07ef6e9, InternVL #133), then calls
-  `self.language_model.generate(inputs_embeds=...)` on the inner model, so the logits stay on the head's GPU:
-  with transformers < 4.46 that is the head-on-the-last-GPU failure of InternVL #587.
+- `generate` moves them to the embeddings' device first (upstream commit 07ef6e9, InternVL #133; a config with
+  `merge_without_move=True` gives the remote code from before it, which earlier checkpoint snapshots carry),
+  then calls `self.language_model.generate(inputs_embeds=...)` on the inner model, so the logits stay on the
+  head's GPU: with transformers < 4.46 that is the head-on-the-last-GPU failure of InternVL #587.
 """
 
 from __future__ import annotations
@@ -392,8 +393,10 @@ class InternVLChatModel(PreTrainedModel):  # type: ignore[no-untyped-call]
             selected = input_ids.reshape(batch * length) == self.img_context_token_id
             if int(selected.sum()) == 0:
                 raise ValueError("no image-context token in input_ids")
-            # InternVL commit 07ef6e9 (#133): move the image embeddings to the embeddings' device first.
-            input_embeds[selected] = vit_embeds.reshape(-1, channels).to(input_embeds.device)
+            if getattr(self.config, "merge_without_move", False):  # remote code from before 07ef6e9
+                input_embeds[selected] = vit_embeds.reshape(-1, channels)
+            else:  # InternVL commit 07ef6e9 (#133): move the image embeddings to the embeddings' device first.
+                input_embeds[selected] = vit_embeds.reshape(-1, channels).to(input_embeds.device)
             input_embeds = input_embeds.reshape(batch, length, channels)
         # The inner model's generate, as upstream: its logits stay on the head's device (InternVL #587).
         language_model: Any = self.language_model
