@@ -276,6 +276,24 @@ _CATALOG: tuple[FixCode, ...] = (
         "kits build.",
     ),
     FixCode(
+        "FWD-008",
+        "diag could not build a twin of this model",
+        "The model's config (a local folder or config.json) does not build with the installed transformers or "
+        "diag's twin classes, so the same-device run could not start; the message is the error.",
+        "Check that the config is the checkpoint's own and that the installed transformers supports its "
+        "architecture (the eval will need the same); if it is, report it to diag with the report file.",
+    ),
+    FixCode(
+        "FWD-009",
+        "A CUDA error stopped the run on a GPU",
+        "A GPU failed while the twin ran on it: it fell off the bus or hit an uncorrectable ECC error (Xid 79 / "
+        "48 in `dmesg`), it is in an exclusive compute mode and another process holds it (`CUDA-capable device(s) "
+        "is/are busy or unavailable`), or the driver reset it. The eval would die the same way, later.",
+        "Run `nvidia-smi -q -i N` on the GPU named and look for Xid errors in `dmesg`; select other GPUs, or ask "
+        "the admin to reset the GPU (`nvidia-smi -r -i N`) or set its compute mode to DEFAULT.",
+        ("NVIDIA XID errors reference", "NVIDIA nvidia-smi documentation: compute mode"),
+    ),
+    FixCode(
         "MEM-001",
         "A GPU is predicted to run out of memory",
         "The weights planned onto a GPU plus the reserve for the CUDA context and the KV cache exceed its free "
@@ -292,6 +310,15 @@ _CATALOG: tuple[FixCode, ...] = (
         "modules.",
         "Select more GPUs (diag names how many), free memory on them, or load a smaller dtype.",
         ("accelerate: big model inference guide", "EvolvingLMMs-Lab/lmms-eval#191"),
+    ),
+    FixCode(
+        "MEM-003",
+        "A GPU ran out of memory during the run",
+        "The tiny twin needs a few MiB per GPU, so `CUDA out of memory` during its run means the GPU is (nearly) "
+        "full: another process holds it, or memory was not released by an earlier job in this process.",
+        "Pick GPUs with free memory (the environment checks name them), wait for the other job, or end the "
+        "process that holds the memory.",
+        ("EvolvingLMMs-Lab/lmms-eval#191", "THUDM/CogVLM#462"),
     ),
     FixCode(
         "DIAG-001",

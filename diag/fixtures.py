@@ -104,7 +104,12 @@ def meta_model(request: pytest.FixtureRequest, map_case: MapCase) -> torch.nn.Mo
     if map_case.model is None:
         pytest.skip(map_case.problem or "no model")
     state = state_of(request.config)
-    return state.meta_model(map_case.model, model_dtype(state.options.model_args, map_case.model))
+    try:
+        return state.meta_model(map_case.model, model_dtype(state.options.model_args, map_case.model))
+    except Exception as exc:  # the config does not build: every check of this model says so (FWD-008)
+        Check(request.node.user_properties).fail(
+            "FWD-008", f"{map_case.model.name}: the model does not build from its config: {type(exc).__name__}: {exc}",
+            subject=map_case.model.name)  # fmt: skip
 
 
 def model_dtype(model_args: str | None, spec: ModelSpec) -> str:

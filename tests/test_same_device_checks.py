@@ -51,3 +51,51 @@ def test_the_internvl_readme_map_without_rotary_emb(run_checks, pytester):
         assert "cpu and cuda:0" in same["message"]
     else:
         assert same["outcome"] == "passed", run.text
+
+
+def test_a_config_that_does_not_build_fails_with_its_cause_and_the_rest_still_runs(run_checks, pytester):
+    """--model with a config.json whose activation no transformers knows: the model's checks fail with FWD-008
+    and the error, the environment checks still pass, and the report is written."""
+    config = json.loads(json.dumps(dict(PRESETS["llava-1.5-7b"].config)))
+    config["text_config"]["hidden_act"] = "no-such-activation"
+    folder = pytester.path / "broken-llava"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    run = run_checks("--simulate", "2xA100-80GB", "--model", str(folder))
+    same = [c for c in run.report["checks"] if "test_twin_runs_with_the_map" in c["nodeid"]]
+    assert same and all(c["code"] == "FWD-008" and "no-such-activation" in c["message"] for c in same), run.text
+    assert run.check("test_nvidia_driver_and_nvml_answer")["outcome"] == "passed"
+
+
+def test_out_of_memory_and_a_lost_gpu_during_the_run_are_failed_checks(run_checks, monkeypatch):
+    """What a real GPU can throw mid-run, injected where the twin runs: each is a failed check with its own code,
+    and the other twin's check still runs."""
+    import torch
+
+    from diag.samedevice import run as run_module
+
+    original = run_module.run_stages
+    errors = {
+        "llava": torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity "
+            "of 79.15 GiB of which 3.12 MiB is free."
+        ),  # fmt: skip
+        "internvl-chat": RuntimeError(
+            "CUDA error: unspecified launch failure\nCUDA kernel errors might be "
+            "asynchronously reported at some other API call"
+        ),  # fmt: skip
+    }
+
+    def failing(spec, model, inputs_device="cuda:0"):
+        for stage in original(spec, model, inputs_device):
+            yield stage
+            raise errors[spec.family]
+
+    monkeypatch.setattr(run_module, "run_stages", failing)
+    run = run_checks("--simulate", "4xA100-80GB", target="checks/test_same_device.py")
+    llava = run.check("test_twin_runs_with_the_map[llava-1.5-7b-forced]")
+    internvl = run.check("test_twin_runs_with_the_map[internvl2-8b-forced]")
+    assert (llava["outcome"], llava["code"]) == ("failed", "MEM-003"), run.text
+    assert "CUDA out of memory" in llava["message"] and llava["fix"]["verified"] is False
+    assert (internvl["outcome"], internvl["code"]) == ("failed", "FWD-009")
+    assert "unspecified launch failure" in internvl["message"]

@@ -65,8 +65,14 @@ def classify(result: RunResult, model: torch.nn.Module, device_map: Mapping[str,
     """The cause of a failed run, with the fixed map where one follows from it."""
     error = result.error or ""
     first = _first_gpu(device_map)
+    if result.stage == "build":
+        return Cause("FWD-008", f"the twin could not be built: {error}")
     if "invalid device ordinal" in error:
         return Cause("FWD-006", "the map or the inputs name a GPU this process cannot see")
+    if "out of memory" in error:
+        return Cause("MEM-003", f"a GPU ran out of memory in {result.stage}: {error}")
+    if "CUDA error" in error or "CUDA-capable device" in error:
+        return Cause("FWD-009", f"a CUDA error stopped {result.stage}: {error}")
     if not result.cross_device:
         return Cause("FWD-007", f"the twin failed in {result.stage}: {error}")
     devices = result.devices or ("?", "?")

@@ -149,7 +149,10 @@ def run_twin(
     """
     start = time.perf_counter()
     with _one_thread():
-        model = build_tiny(spec, seed=seed)
+        try:
+            model = build_tiny(spec, seed=seed)
+        except Exception as exc:  # a config the twin classes cannot take is a finding (FWD-008)
+            return RunResult("build", f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
         return _run(spec, model, device_map, simulated_gpus, inputs_device, start)
 
 
