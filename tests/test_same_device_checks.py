@@ -79,11 +79,11 @@ def test_out_of_memory_and_a_lost_gpu_during_the_run_are_failed_checks(run_check
         "llava": torch.OutOfMemoryError(
             "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity "
             "of 79.15 GiB of which 3.12 MiB is free."
-        ),  # fmt: skip
+        ),
         "internvl-chat": RuntimeError(
             "CUDA error: unspecified launch failure\nCUDA kernel errors might be "
             "asynchronously reported at some other API call"
-        ),  # fmt: skip
+        ),
     }
 
     def failing(spec, model, inputs_device="cuda:0"):
