@@ -1,0 +1,132 @@
+"""Measurements that run inside a fresh child process of `bench/run.py`, one JSON object on the last stdout line.
+
+    python bench/child.py plan PRESET GPUS
+    python bench/child.py twins '{"preset": "internvl2-76b", "points": [[8, 8], [80, 8]], "repeat": 3}'
+
+A child of its own per measurement keeps one run's imports, caches and memory out of the next; the parent
+(`bench/run.py`) never imports torch, so its own footprint does not colour the figures.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+import warnings
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+GIB = 1024**3
+
+
+def with_layers(spec: Any, num_layers: int) -> Any:
+    """The preset with its language model's decoder depth set to `num_layers`, everything else unchanged.
+
+    The language model's config is `llm_config` (InternVL-Chat), `text_config` (LLaVA, LLaVA-NeXT) or the top level
+    (Qwen2-VL, CogVLM), as the presets hold them.
+    """
+    from diag.twins import ModelSpec
+
+    config = copy.deepcopy(dict(spec.config))
+    text = next((config[key] for key in ("llm_config", "text_config") if key in config), config)
+    if "num_hidden_layers" not in text:
+        raise ValueError(f"{spec.name}: no num_hidden_layers in its language model config")
+    text["num_hidden_layers"] = num_layers
+    name = f"{spec.name}-{num_layers}l"
+    return ModelSpec(name, spec.family, MappingProxyType(config), (), spec.dtype)
+
+
+def plan(preset: str, gpus: int) -> dict[str, Any]:
+    """Imports, the full-width meta build and `auto` planning over `gpus` GPUs of 80 GiB, timed apart."""
+    start = time.perf_counter()
+    import accelerate  # noqa: F401  (the import floor: timed apart from the figure)
+    import torch
+    import transformers  # noqa: F401
+
+    from diag.devicemap.plan import plan_device_map
+    from diag.twins import PRESETS, build_meta
+
+    imported = time.perf_counter()
+    model = build_meta(PRESETS[preset]).to(torch.bfloat16)
+    built = time.perf_counter()
+    device_map = plan_device_map(model, "auto", {**{i: 80 * GIB for i in range(gpus)}, "cpu": 512 * GIB})
+    planned = time.perf_counter()
+    return {
+        "import_s": imported - start,
+        "build_s": built - imported,
+        "plan_s": planned - built,
+        "params_b": sum(p.numel() for p in model.parameters()) / 1e9,
+        # Planning must allocate no weight: every parameter stays on the meta device.
+        "real_params": sum(t.numel() for t in model.parameters() if not t.is_meta),
+        "devices": sorted({str(v) for v in device_map.values()}),
+    }
+
+
+def twins(request: Mapping[str, Any]) -> dict[str, Any]:
+    """Tiny-twin runs (build, dispatch, forward + 2-token generate) at each (layers, virtual GPUs) point.
+
+    One untimed warm-up run first (lazy imports, transformers' first-call caches); then `repeat` rounds, each
+    running every point once, so the points of one round are measured in the same minute.
+    """
+    warnings.simplefilter("ignore")
+    from diag.samedevice.run import RunResult, run_twin
+    from diag.samedevice.verify import forced_map
+    from diag.twins import PRESETS, build_meta
+
+    base = PRESETS[request["preset"]]
+    points = [(int(layers), int(gpus)) for layers, gpus in request["points"]]
+    prepared = []
+    for layers, gpus in points:
+        spec = with_layers(base, layers) if layers else base
+        device_map = forced_map(build_meta(spec), gpus, spec.family)
+        prepared.append((spec, device_map, gpus))
+
+    def once(index: int) -> RunResult:
+        spec, device_map, gpus = prepared[index]
+        result = run_twin(spec, device_map, simulated_gpus=gpus)
+        if not result.ok:  # a failed run is no timing: say so loudly
+            raise RuntimeError(f"{spec.name} over {gpus} virtual GPUs failed at {result.stage}: {result.error}")
+        return result
+
+    warmup = once(0)
+    samples: list[list[dict[str, float]]] = [[] for _ in points]
+    for _ in range(int(request["repeat"])):
+        for index in range(len(points)):
+            result = once(index)
+            samples[index].append({"total_s": result.seconds, **{f"{k}_s": v for k, v in result.parts}})
+    return {
+        "preset": base.name,
+        "family": base.family,
+        "warmup_s": warmup.seconds,
+        "points": [
+            {
+                "layers": layers or _layers(base),
+                "gpus": gpus,
+                "devices_used": len({str(v) for v in prepared[i][1].values()}),
+                "samples": samples[i],
+            }
+            for i, (layers, gpus) in enumerate(points)
+        ],
+    }
+
+
+def _layers(spec: Any) -> int:
+    from diag.twins import build_meta, language_model_layout
+
+    return int(language_model_layout(build_meta(spec)).num_layers)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["plan"] and len(argv) == 3:
+        out = plan(argv[1], int(argv[2]))
+    elif argv[:1] == ["twins"] and len(argv) == 2:
+        out = twins(json.loads(argv[1]))
+    else:
+        raise SystemExit(f"usage: {sys.argv[0]} plan PRESET GPUS | twins JSON")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
