@@ -548,6 +548,20 @@ def targets_table(results: Sequence[Mapping[str, Any]]) -> str:
 # ----------------------------------------------------------------------------------------------- main
 
 
+def source_state() -> dict[str, Any]:
+    """The commit measured and whether diag/ or checks/ had uncommitted changes (the bench runs the working tree)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "diag", "checks", "conftest.py", "pyproject.toml")
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted": None if changed is None else changed.splitlines()}
+
+
 def machine() -> dict[str, Any]:
     versions: dict[str, str | None] = {}
     for dist in ("torch", "transformers", "accelerate", "pytest", "pytest-xdist", "hypothesis"):
@@ -634,6 +648,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{load_before[2]:.2f}, {options.repeat} round(s){' (quick)' if options.quick else ''}",
         flush=True,
     )
+    source = source_state()
+    dirty = source["uncommitted"]
+    print(
+        f"source: {(source['commit'] or 'unknown')[:12]}"
+        + (f", {len(dirty)} uncommitted file(s) in diag/ checks/" if dirty else "")
+    )
     with tempfile.TemporaryDirectory(prefix="diag-bench-") as tmp:
         try:
             sections = run_sections(options, Path(tmp))
@@ -650,6 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeat": options.repeat,
         "quick": options.quick,
         "machine": machine(),
+        "source": source,
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         "hypothesis_plugin_disabled": hypothesis_plugin_installed(),
         "sections": {s.name: s.data for s in sections},
