@@ -78,6 +78,21 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("CUDA_", "PYTEST_"))}
 
 
+# The measured command runs as the grandchild of the bench, spawned by this tiny launcher, which reports the
+# command's own peak RSS (with its reaped descendants, e.g. xdist workers) from wait4. Spawned straight from a
+# large process (a test run that has imported torch), a child's ru_maxrss would start at the parent's RSS:
+# Linux carries the high-water mark of the memory a child leaves at exec into its rusage.
+_LAUNCHER = """
+import os, sys
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as peak:
+    peak.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_case(case: Case) -> Sample:
     """Run the command once; wall time from outside, peak RSS of the child (and its reaped descendants).
 
@@ -85,22 +100,24 @@ def run_case(case: Case) -> Sample:
     """
     if case.report is not None:
         case.report.unlink(missing_ok=True)  # a stale report must never stand in for this run's
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "maxrss"
         start = time.perf_counter()
-        process = subprocess.Popen(case.argv, cwd=case.cwd, env=child_env(), stdout=out, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)
+        process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, str(peak_file), *case.argv],
+                                   cwd=case.cwd, env=child_env(), stdout=out, stderr=err)  # fmt: skip
+        process.wait()
         wall = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        maxrss_kib = int(peak_file.read_text()) if peak_file.is_file() else 0
     if process.returncode not in case.accept:
         tail = "\n".join((stdout + stderr).strip().splitlines()[-15:])
         raise BenchError(
             f"{case.name}: exit code {process.returncode} (expected {sorted(case.accept)})\n"
             f"  command: {' '.join(case.argv)}\n{tail}"
         )
-    rss_mib = usage.ru_maxrss * 1024 / MIB  # ru_maxrss is in KiB on Linux
+    rss_mib = maxrss_kib * 1024 / MIB  # ru_maxrss is in KiB on Linux
     session_s, check_s = _from_report(case.report)
     return Sample(wall, rss_mib, process.returncode, stdout, session_s, check_s)
 
