@@ -65,7 +65,7 @@ def test_internvl_chat_under_auto_over_four_gpus():
     verdict = check_run(PRESETS["internvl2-76b"], device_map, simulated_gpus=4, meta_model=meta,
                         replan=("auto", FOUR_GPUS))  # fmt: skip
     if OLD_STACK:  # InternVL #587: the sampling step mixes the head's GPU and the inputs' GPU
-        assert verdict.result.stage == "generate" and verdict.result.cross_device
+        assert verdict.result.stage == "chat" and verdict.result.cross_device  # chat's generate
         assert verdict.cause is not None and verdict.cause.code == "FWD-002"
         assert verdict.verified
         fixed = verdict.fixed_map or {}
@@ -115,9 +115,9 @@ def test_an_ordinal_beyond_the_visible_gpus_is_invalid():
     assert verdict.cause is not None and verdict.cause.code == "FWD-006"
 
 
-def test_internvl_chat_runs_the_eval_kits_chat_path_after_generate(monkeypatch: pytest.MonkeyPatch):
-    """The InternVL-Chat run goes through `chat` too (tokenised prompt, ids sent with `.cuda()`), with the
-    ids where chat put them: on the current GPU, cuda:0."""
+def test_internvl_chat_runs_the_eval_kits_chat_path(monkeypatch: pytest.MonkeyPatch):
+    """The InternVL-Chat run goes through `chat` as the eval kits call it (tokenised prompt, ids sent with
+    `.cuda()`): its generate sees the ids where chat put them, on the current GPU, cuda:0, and the image."""
     from diag.samedevice import run as run_module
     from diag.twins.internvl import InternVLChatModel
 
@@ -132,7 +132,7 @@ def test_internvl_chat_runs_the_eval_kits_chat_path_after_generate(monkeypatch: 
     spec = PRESETS["internvl2-8b"]
     result = run_module.run_twin(spec, forced_map(build_meta(spec), 2, spec.family), simulated_gpus=2)
     assert result.ok, result.error
-    assert seen == [("cuda:0", "cuda:0"), ("cuda:0", "cuda:0")]  # the kits' generate call, then chat's
+    assert seen == [("cuda:0", "cuda:0")]  # one generate, from chat
 
 
 def test_image_merge_across_gpus_in_remote_code_before_internvl_07ef6e9():
@@ -146,7 +146,7 @@ def test_image_merge_across_gpus_in_remote_code_before_internvl_07ef6e9():
     meta = build_meta(legacy)
     device_map = {**forced_map(meta, 2, spec.family), "vision_model": 1, "mlp1": 1}
     verdict = check_run(legacy, device_map, simulated_gpus=2, meta_model=meta)
-    assert not verdict.result.ok and verdict.result.stage == "generate"
+    assert not verdict.result.ok and verdict.result.stage == "chat"
     assert verdict.result.devices == ("cuda:0", "cuda:1")
     assert verdict.cause is not None and verdict.cause.code == "FWD-003"
     assert verdict.verified and verdict.fixed_map is not None

@@ -24,7 +24,7 @@ SAME_DEVICE = "Expected all tensors to be on the same device"
 # index_select/embedding say "but got mat2 is on B, different from other tensors on A" (pytorch PR #155085).
 _DEVICES = re.compile(r"found at least two devices, (\S+) and (\S+?)!")
 _DEVICES_NEW = re.compile(r"but got \w+ is on (\S+?), different from other tensors on (\S+?)[ ,.(]")
-STAGES = ("forward", "generate", "chat")
+STAGES = ("forward", "generate", "chat")  # InternVL-Chat: chat only, as the eval kits call it
 
 
 @dataclass(frozen=True)
@@ -102,26 +102,23 @@ def _to(inputs: Mapping[str, torch.Tensor], device: str) -> dict[str, torch.Tens
 def run_stages(spec: ModelSpec, model: torch.nn.Module, inputs_device: str = "cuda:0") -> Iterator[str]:
     """Forward, then a two-token greedy generate, yielding each stage's name before running it.
 
-    Inputs go where the eval kits put them: `.cuda()` / `cuda:0` (lmms-eval's `self.device`, InternVL's chat).
+    Inputs go where the eval kits put them: `.cuda()` / `cuda:0` (lmms-eval's `self.device`). InternVL-Chat runs
+    the way VLMEvalKit and lmms-eval drive it, through `chat` only: the prompt tokenised (a stand-in tokenizer),
+    the ids sent with `.cuda()`, the image where the kit put it, then the same two-token generate.
     """
     inputs = _to(example_inputs(spec, model), inputs_device)
     with torch.no_grad():
-        if spec.family != "internvl-chat":  # the eval kits drive InternVL-Chat through chat/generate only
-            yield "forward"
-            model(**inputs)
-        yield "generate"
-        generate: Any = model.generate
         if spec.family == "internvl-chat":
-            generate(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-                     attention_mask=inputs["attention_mask"], max_new_tokens=2, do_sample=False)  # fmt: skip
-            # The eval kits' own path: VLMEvalKit and lmms-eval call `chat`, which tokenises the prompt and
-            # sends the ids with `.cuda()` before the same generate.
             yield "chat"
             chat: Any = model.chat
             greedy = {"max_new_tokens": 2, "do_sample": False}
             chat(TwinTokenizer(), inputs["pixel_values"], "Describe the image.", greedy)
-        else:
-            generate(**inputs, max_new_tokens=2, do_sample=False)
+            return
+        yield "forward"
+        model(**inputs)
+        yield "generate"
+        generate: Any = model.generate
+        generate(**inputs, max_new_tokens=2, do_sample=False)
 
 
 @contextlib.contextmanager
