@@ -302,7 +302,7 @@ TARGETS = (
     Target("twin run, 64 / 4 virtual GPUs", "gpus_ratio", 1.2),
     Target("env checks, 64 / 4 simulated GPUs (whole run)", "env_gpu_ratio", 1.2),
     Target("twin run, 80 / 8 layers", "layers_ratio", 3.0),
-    Target("env checks, 64 / 4 GPUs (time above baseline)", "env_gpu_added_ratio", 1.2, informational=True),
+    Target("env checks, seconds added from 4 to 64 GPUs", "env_gpu_added_s", 0.0, "s", informational=True),
     Target("suite -n 2 / serial (needs spare cores)", "xdist_ratio", 1.0, informational=True),
 )
 
@@ -335,11 +335,13 @@ def targets_table(results: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for r in results:
         limit = f"<= {r['limit']:g} {r['unit']}" if r["unit"] != "x" else f"<= {r['limit']:g}"
+        if r["unit"] == "s":  # a figure with no target, in seconds
+            limit = "-"
         value = None if r["value"] is None else (f"{r['value']:.0f} MiB" if r["unit"] == "MiB" else f"{r['value']:.2f}")
         rows.append((r["target"], limit, value, r["verdict"]))
     notes = [
-        "'info': no target on this machine (the xdist figure needs more cores than processes; the time-above-"
-        "baseline ratio is a stricter view of the env target)"
+        "'info': no target on this machine (the xdist figure needs more cores than processes; the seconds the env "
+        "checks add from 4 to 64 GPUs stand beside their ratio)"
     ]
     return format_table("Targets", ("target", "limit", "measured", "verdict"), rows, notes)
 

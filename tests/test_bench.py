@@ -122,9 +122,7 @@ def test_main_writes_the_json_and_prints_the_targets(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def fake_env(repeat: int, gpus: object, tmp: Path) -> object:
-        return harness.Section(
-            "env", "Env table", {"points": [1, 64]}, {"env_gpu_ratio": 1.3, "env_gpu_added_ratio": 2.0}
-        )
+        return harness.Section("env", "Env table", {"points": [1, 64]}, {"env_gpu_ratio": 1.3, "env_gpu_added_s": 0.4})
 
     monkeypatch.setattr(run, "section_env", fake_env)
     out = tmp_path / "bench.json"
