@@ -10,8 +10,7 @@ before running it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -126,7 +125,7 @@ class VirtualMode(TorchFunctionMode):
         self._record(record)
         return RuntimeError(record.message() if message is None else message)
 
-    def _label_fresh(self, result: object, input_keys: AbstractSet[int | None], device: torch.device) -> None:
+    def _label_fresh(self, result: object, input_keys: Collection[int | None], device: torch.device) -> None:
         """Outputs that alias an input storage keep its label; fresh ones take the op's device."""
         if isinstance(result, torch.Tensor):
             storage = storage_of(result)
@@ -257,10 +256,17 @@ class VirtualMode(TorchFunctionMode):
         label_of = self.labels.label_of_key
         keys = [storage_key(tensor) for tensor in tensors]
         labels = [None if key is None else label_of(key) for key in keys]
-        if labels.count(None) == len(labels):
+        first = labels[0]
+        if first is None and labels.count(None) == len(labels):
             # A fresh output cannot carry a label either: labelled storages are kept alive, so their addresses
             # are not reused.
             return func(*args, **kwargs)
+        if first is not None and labels.count(first) == len(labels):
+            # Every tensor on the same virtual GPU (most ops of a forward): every rule passes and the output
+            # lives there.
+            result = func(*args, **kwargs)
+            self._label_fresh(result, keys, first)
+            return result
         return self._checked(rule, func, args, kwargs, None, tensors, keys, labels)
 
     def _generic_full(
@@ -303,7 +309,7 @@ class VirtualMode(TorchFunctionMode):
             device = device if device is not None else common
         result = func(*args, **kwargs)
         if device is not None:
-            self._label_fresh(result, set(keys), device)
+            self._label_fresh(result, keys, device)
         return result
 
     def _get_device(self, rule: OpRule, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
