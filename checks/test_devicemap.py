@@ -165,7 +165,7 @@ def test_model_fits_in_gpu_memory(
                    f"Select {need} GPUs with {largest / gib:.0f} GiB free (now {len(gpus)}: the planner fits the "
                    f"model on {need}), or load it in 8-bit/4-bit." if need else
                    "No node of such GPUs holds this model in this dtype: load it in 8-bit/4-bit.",
-                   subject=map_case.model.name)  # fmt: skip
+                   subject=map_case.id if map_case.topology is not None else map_case.model.name)  # fmt: skip
     if short:
         worst = max(short, key=lambda r: r.shortfall_bytes)
         strategy = str(map_case.source.value) if map_case.source.kind == "strategy" else "auto"

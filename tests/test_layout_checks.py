@@ -104,6 +104,7 @@ def test_a_model_that_fits_the_node_but_not_one_processs_slice_fails_for_each_sl
                      "--model", "internvl2-26b")  # fmt: skip
     entry = _entry(run, "test_model_fits_in_gpu_memory[rank3-gpus3-internvl2-26b-auto]", "failed")
     assert entry["code"] == "MEM-002"  # 26B in bf16 needs more than one 40 GB GPU
+    assert entry["subject"] == "rank3-gpus3-internvl2-26b-auto"  # the summary line names the slice
 
 
 def test_vlmevalkit_leaves_the_remainder_unused_with_a_warning(run_checks, monkeypatch):
