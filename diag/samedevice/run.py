@@ -7,7 +7,7 @@ tensor carries the device it would have on the node and a cross-device op raises
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import itertools
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -24,7 +24,6 @@ SAME_DEVICE = "Expected all tensors to be on the same device"
 # index_select/embedding say "but got mat2 is on B, different from other tensors on A" (pytorch PR #155085).
 _DEVICES = re.compile(r"found at least two devices, (\S+) and (\S+?)!")
 _DEVICES_NEW = re.compile(r"but got \w+ is on (\S+?), different from other tensors on (\S+?)[ ,.(]")
-STAGES = ("forward", "generate", "chat")  # InternVL-Chat: chat only, as the eval kits call it
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,8 @@ def run_twin(
 def _one_thread() -> Iterator[None]:
     """Run the twin's CPU work on one thread. Its tensors are tiny, so more threads only cost: between two
     ops the mode's Python runs while OpenMP workers spin, and on a busy node each op then waits for a worker
-    the OS has parked (measured here: 0.3 s with one thread, 3 s with two, on two busy cores)."""
+    the OS has parked (measured on two busy cores: the internvl2-8b twin's forward + generate over 4 virtual GPUs
+    took 0.30-0.47 s with one thread, 2.8-3.5 s with two)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -175,7 +175,7 @@ def _run(
     start: float,
 ) -> RunResult:
     stage = "dispatch"
-    marks = [("", start), ("build", time.perf_counter())]
+    marks = [("", start), ("build", time.perf_counter())]  # (part, when it ended)
     with _devices(simulated_gpus, model) as virtual:
         try:
             dispatch(model, device_map)
@@ -183,8 +183,7 @@ def _run(
             for stage in run_stages(spec, model, inputs_device):  # noqa: B007 (the stage reached is reported)
                 pass
         except RuntimeError as exc:
-            return dataclasses.replace(_failure(stage, exc, virtual, time.perf_counter() - start),
-                                       parts=_parts(marks))  # fmt: skip
+            return _failure(stage, exc, virtual, time.perf_counter() - start, _parts(marks))
         except (ValueError, AssertionError, IndexError) as exc:  # a twin the map cannot run (meta tensors left …)
             return RunResult(stage, f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start,
                              parts=_parts(marks))  # fmt: skip
@@ -193,11 +192,13 @@ def _run(
 
 
 def _parts(marks: list[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
-    """Each part's name and the time from the mark before it."""
-    return tuple((name, at - marks[i][1]) for i, (name, at) in enumerate(marks[1:]))
+    """Each part's name and how long it took: from the end of the part before it to its own end."""
+    return tuple((name, end - before) for (_, before), (name, end) in itertools.pairwise(marks))
 
 
-def _failure(stage: str, exc: RuntimeError, virtual: Any, seconds: float) -> RunResult:
+def _failure(
+    stage: str, exc: RuntimeError, virtual: Any, seconds: float, parts: tuple[tuple[str, float], ...]
+) -> RunResult:
     text = str(exc).strip().splitlines()[0]
     match = _DEVICES.search(text)
     newer = _DEVICES_NEW.search(text)
@@ -210,4 +211,5 @@ def _failure(stage: str, exc: RuntimeError, virtual: Any, seconds: float) -> Run
         op=getattr(cross, "op", None),
         module=getattr(cross, "module", None),
         seconds=seconds,
+        parts=parts,
     )

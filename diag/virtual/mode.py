@@ -237,8 +237,7 @@ class VirtualMode(TorchFunctionMode):
     # --- handlers -------------------------------------------------------------------------------------------
     def _generic(self, rule: OpRule, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # Every op but the few with their own handler comes here, so the common case (positional tensors, no
-        # `device=` or `out=`) is one loop: find the tensors and their labels; none labelled means nothing is on
-        # a virtual GPU, and torch checks the real devices itself.
+        # `device=` or `out=`) finds its tensors in one loop.
         if kwargs and (kwargs.get("device") is not None or kwargs.get("out") is not None):
             return self._generic_full(rule, func, args, kwargs)
         tensors: list[torch.Tensor] = []
@@ -253,31 +252,37 @@ class VirtualMode(TorchFunctionMode):
             tensors.extend(tensors_of_call((), kwargs))
         if not tensors:
             return func(*args, **kwargs)
-        label_of = self.labels.label_of_key
-        keys = [storage_key(tensor) for tensor in tensors]
-        labels = [None if key is None else label_of(key) for key in keys]
-        first = labels[0]
-        if first is None and labels.count(None) == len(labels):
-            # A fresh output cannot carry a label either: labelled storages are kept alive, so their addresses
-            # are not reused.
-            return func(*args, **kwargs)
-        if first is not None and labels.count(first) == len(labels):
-            # Every tensor on the same virtual GPU (most ops of a forward): every rule passes and the output
-            # lives there.
-            result = func(*args, **kwargs)
-            self._label_fresh(result, keys, first)
-            return result
-        return self._checked(rule, func, args, kwargs, None, tensors, keys, labels)
+        return self._labelled(rule, func, args, kwargs, None, tensors)
 
     def _generic_full(
         self, rule: OpRule, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         args, kwargs, device = self._take_devices(args, kwargs)
-        tensors = tensors_of_call(args, kwargs)
+        return self._labelled(rule, func, args, kwargs, device, tensors_of_call(args, kwargs))
+
+    def _labelled(
+        self,
+        rule: OpRule,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        device: torch.device | None,
+        tensors: list[torch.Tensor],
+    ) -> Any:
+        """Run the op by its tensors' labels. Without a `device=` argument two cases skip the checks: nothing on
+        a virtual GPU (torch checks the real devices itself, and a fresh output cannot carry a label either:
+        labelled storages are kept alive, so their addresses are not reused), and everything on one virtual GPU
+        (most ops of a forward: every rule passes and the output lives there)."""
         keys = [storage_key(tensor) for tensor in tensors]
-        labels = [None if key is None else self.labels.label_of_key(key) for key in keys]
-        if device is None and labels.count(None) == len(labels):
-            return func(*args, **kwargs)
+        label_of = self.labels.label_of_key
+        labels = [None if key is None else label_of(key) for key in keys]
+        if device is None:
+            first = labels[0] if labels else None
+            if labels.count(first) == len(labels):
+                result = func(*args, **kwargs)
+                if first is not None:
+                    self._label_fresh(result, keys, first)
+                return result
         return self._checked(rule, func, args, kwargs, device, tensors, keys, labels)
 
     def _checked(
