@@ -1,8 +1,10 @@
 """The pytest hooks: options, applying --gpus before CUDA starts, the header, the report, the summary.
 
-The plugin is installed for every pytest run in the environment (entry point `diag.plugin`), so it stays
-dormant unless asked: it acts when a diag option is given or the run targets a `checks` directory. A dormant
-plugin never touches hardware and writes nothing.
+The plugin has no pytest11 entry point: it is loaded only by diag's own runs (checks/conftest.py, the wrapper,
+or an explicit `-p diag.plugin`), so other projects' pytest runs in the same environment never see its options.
+Once loaded it still stays dormant unless asked: it acts when a diag option is given or the run targets the
+checks (a `checks` directory, or `--pyargs diag.checks`). A dormant plugin never touches hardware and writes
+nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from diag.topology.selection import PCI_BUS_ID
 
 def _targets_checks(config: pytest.Config) -> bool:
     for arg in config.args:
+        if config.option.pyargs and arg.split("::")[0].startswith("diag.checks"):
+            return True
         path = Path(config.invocation_params.dir, arg.split("::")[0])
         if "checks" in path.resolve().parts:
             return True

@@ -260,7 +260,7 @@ def test_a_malformed_launcher_variable_fails_the_check_and_skips_the_collective(
 
 def test_an_unknown_report_placeholder_is_a_usage_error(pytester, no_launcher):
     result = pytester.runpytest(
-        "-p", "no:hypothesispytest", "--simulate", "1xA100-80GB", "--diag-report", "r-{node}.json"
+        "-p", "diag.plugin", "-p", "no:hypothesispytest", "--simulate", "1xA100-80GB", "--diag-report", "r-{node}.json"
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "has {node}: expected only the placeholders {rank} and {host}" in result.stderr.str()

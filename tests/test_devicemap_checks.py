@@ -156,7 +156,7 @@ def test_a_map_naming_modules_the_model_lacks_fails_on_coverage_with_a_corrected
     ],
 )
 def test_bad_model_and_map_options_are_one_line_usage_errors(pytester, args, line):
-    result = pytester.runpytest("-p", "no:hypothesispytest", "--simulate", "2xA100-80GB", *args)
+    result = pytester.runpytest("-p", "diag.plugin", "-p", "no:hypothesispytest", "--simulate", "2xA100-80GB", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([line])
     assert "Traceback" not in result.stderr.str()

@@ -38,7 +38,7 @@ def test_bad_options_are_one_line_usage_errors(pytester, args, line):
         from diag.topology.simulated import simulated_node
 
         pytester.path.joinpath("node.json").write_text(json.dumps(node_to_dict(simulated_node("2xA100-80GB"))))
-    result = pytester.runpytest("-p", "no:hypothesispytest", *args)
+    result = pytester.runpytest("-p", "diag.plugin", "-p", "no:hypothesispytest", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([line])
     assert "Traceback" not in result.stderr.str() + result.stdout.str()

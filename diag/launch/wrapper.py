@@ -8,6 +8,7 @@ The command itself (its argv) is started unchanged, with os.execvpe, so it repla
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import subprocess
@@ -36,8 +37,15 @@ class RunPlan:
 
 
 def checks_dir() -> Path | None:
-    """The checks/ folder shipped beside the diag package (a checkout or an editable install)."""
-    folder = Path(__file__).resolve().parents[2] / "checks"
+    """The folder of the `diag.checks` package: checks/ of a clone (editable install), diag/checks/ of a wheel."""
+    try:
+        spec = importlib.util.find_spec("diag.checks")
+    except ImportError:
+        spec = None
+    if spec is None or not spec.submodule_search_locations:  # diag imported from a clone that was never installed
+        folder = Path(__file__).resolve().parents[2] / "checks"
+    else:
+        folder = Path(next(iter(spec.submodule_search_locations)))
     return folder if (folder / ENV_CHECKS).is_file() else None
 
 
@@ -153,7 +161,8 @@ def _environment_notes(plan: RunPlan, env: Mapping[str, str], found: EvalCommand
 
 def pytest_command(plan: RunPlan, diag_args: Sequence[str]) -> list[str]:
     """The pytest run: the plan's targets and options, then the user's diag options (which win)."""
-    return [sys.executable, "-m", "pytest", *plan.targets, "-p", "no:cacheprovider", *plan.options, *diag_args]
+    return [sys.executable, "-m", "pytest", *plan.targets, "-p", "diag.plugin", "-p", "no:cacheprovider",
+            *plan.options, *diag_args]  # fmt: skip
 
 
 def _say(line: str) -> None:
@@ -181,7 +190,7 @@ def main(argv: Sequence[str]) -> int:
     diag_args = [a for a in diag_args if a != "--dry-run"]
     checks = checks_dir()
     if checks is None:
-        _say("error: no checks/ folder beside the diag package; install diag from its checkout (pip install -e .)")
+        _say("error: the diag.checks package is missing: reinstall diag (pip install -e . from its clone)")
         return USAGE_ERROR
     if command:
         plan = plan_run(command, diag_args, os.environ, checks)
