@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import dataclass
 
 import pytest
@@ -66,6 +67,16 @@ def _eval_model(value: str) -> str:
     if not value.strip() or value.strip().startswith("-"):
         raise argparse.ArgumentTypeError(f"{value!r}: expected the lmms-eval model class (llava_hf, llava, …)")
     return value.strip()
+
+
+def _eval_command(value: str) -> tuple[str, ...]:
+    try:
+        parts = shlex.split(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: not a shell command line ({exc})") from None
+    if not parts:
+        raise argparse.ArgumentTypeError("empty value: expected the eval command line")
+    return tuple(parts)
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -137,6 +148,14 @@ def add_options(parser: pytest.Parser) -> None:
         "does with several processes",
     )
     group.addoption(
+        "--eval-command",
+        type=_eval_command,
+        default=None,
+        metavar="COMMAND",
+        help="the eval command line these checks are for, shell-quoted (`python -m diag run` passes it): "
+        "fixes then give that command corrected, and the report records it",
+    )
+    group.addoption(
         "--diag-report",
         type=_report_path,
         default=None,
@@ -157,6 +176,7 @@ class DiagOptions:
     report_path: str | None
     eval_kit: str | None = None
     eval_model: str | None = None
+    eval_command: tuple[str, ...] | None = None
 
     @property
     def kit(self) -> str | None:
@@ -182,6 +202,7 @@ def read_options(config: pytest.Config) -> DiagOptions:
         report_path=config.getoption("diag_report"),
         eval_kit=config.getoption("eval_kit"),
         eval_model=config.getoption("eval_model"),
+        eval_command=config.getoption("eval_command"),
     )
     if options.simulate and options.topology:
         raise pytest.UsageError("--simulate and --topology both describe the node: give one of them")
