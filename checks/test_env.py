@@ -41,7 +41,7 @@ def test_selected_gpus_exist(gpu_node: Node, diag_selection: Selection, check: C
             subject=", ".join(f"GPU {t}" if t.isdigit() else t for t in diag_selection.missing),
             commands=["nvidia-smi -L"],
         )
-    indices = [e.nvml_index for e in diag_selection.found]
+    indices = [e.nvml_index for e in diag_selection.found if e.nvml_index is not None]
     twice = sorted({i for i in indices if indices.count(i) > 1})
     if twice:
         names = {i: [e.token for e in diag_selection.found if e.nvml_index == i] for i in twice}

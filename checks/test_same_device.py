@@ -53,8 +53,8 @@ def test_twin_runs_with_the_map(
         pytest.skip("the map itself is not usable (see checks/test_devicemap.py)")
     replan = None
     if case.source.kind == "strategy" and not forced:
-        memory: dict[int | str, int] = {"cpu": host_memory_bytes()}
-        memory.update(free_bytes_by_ordinal(case_topology))
+        memory: dict[int | str, int] = {ordinal: free for ordinal, free in free_bytes_by_ordinal(case_topology).items()}
+        memory["cpu"] = host_memory_bytes()
         replan = (str(case.source.value), memory)
     simulated = visible if case_topology.node.simulated else None
     if simulated is None and not torch.cuda.is_available():

@@ -127,7 +127,9 @@ def test_vlmevalkit_cannot_slice_uuid_entries(run_checks):
 
 
 def test_bad_eval_kit_is_a_usage_error(pytester):
-    result = pytester.runpytest("-p", "diag.plugin", "-p", "no:hypothesispytest", "--simulate", "2xA100-80GB", "--eval-kit", "vllm")
+    result = pytester.runpytest(
+        "-p", "diag.plugin", "-p", "no:hypothesispytest", "--simulate", "2xA100-80GB", "--eval-kit", "vllm"
+    )  # fmt: skip
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*argument --eval-kit: 'vllm': expected one of lmms-eval, vlmevalkit*"])
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import tomllib
 
 import pytest
 
 from tests.conftest import REPO
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+; diag itself supports 3.10
 
 FOREIGN_CONFTEST = """
 def pytest_addoption(parser):

@@ -139,7 +139,9 @@ def test_an_unwritable_report_is_a_summary_line_not_a_crash(pytester, tmp_path):
     locked.mkdir()
     locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
     pytester.makepyfile(test_one="def test_one():\n    pass\n")
-    result = pytester.runpytest("-p", "diag.plugin", "--simulate", "1xA100-80GB", "--diag-report", str(locked / "r.json"))
+    result = pytester.runpytest(
+        "-p", "diag.plugin", "--simulate", "1xA100-80GB", "--diag-report", str(locked / "r.json")
+    )  # fmt: skip
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["diag report: could not write *r.json: PermissionError*"])
 
@@ -148,8 +150,8 @@ def test_a_report_path_under_a_file_is_a_summary_line_not_a_crash(pytester, tmp_
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     pytester.makepyfile(test_one="def test_one():\n    pass\n")
-    result = pytester.runpytest("-p", "diag.plugin", "-p", "no:hypothesispytest", "--simulate", "1xA100-80GB", "--diag-report",
-                                str(blocker / "r.json"))  # fmt: skip
+    result = pytester.runpytest("-p", "diag.plugin", "-p", "no:hypothesispytest", "--simulate", "1xA100-80GB",
+                                "--diag-report", str(blocker / "r.json"))  # fmt: skip
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["diag report: could not write *r.json: *Error*"])
     assert "Traceback" not in result.stdout.str()
@@ -168,7 +170,9 @@ def test_cuda_already_initialised_is_a_loud_usage_error(pytester, monkeypatch):
     fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: True))
     monkeypatch.setitem(__import__("sys").modules, "torch", fake_torch)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    result = pytester.runpytest("-p", "diag.plugin", "-p", "no:hypothesispytest", "--simulate", "8xA100-80GB", "--gpus", "4,5")
+    result = pytester.runpytest(
+        "-p", "diag.plugin", "-p", "no:hypothesispytest", "--simulate", "8xA100-80GB", "--gpus", "4,5"
+    )  # fmt: skip
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*[[]ENV-010[]] --gpus 4,5 cannot apply*CUDA_VISIBLE_DEVICES=4,5 pytest*"])
 
@@ -189,8 +193,8 @@ def test_an_env010_run_leaves_a_report_that_says_so(pytester, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "torch", fake_torch)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     report = pytester.path / "r.json"
-    result = pytester.runpytest("-p", "diag.plugin", "-p", "no:hypothesispytest", "--simulate", "2xA100-80GB", "--gpus", "1",
-                                "--diag-report", str(report))  # fmt: skip
+    result = pytester.runpytest("-p", "diag.plugin", "-p", "no:hypothesispytest", "--simulate", "2xA100-80GB",
+                                "--gpus", "1", "--diag-report", str(report))  # fmt: skip
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     data = json.loads(report.read_text())
     assert [(c["code"], c["outcome"]) for c in data["checks"]] == [("ENV-010", "error")]

@@ -129,8 +129,8 @@ def test_dry_run_prints_the_pytest_command_and_runs_nothing(capsys, monkeypatch,
     out, err = capsys.readouterr()
     assert code == 0 and not started
     assert out.strip() == " ".join([sys.executable, "-m", "pytest", str(checks_dir()), "-p", "diag.plugin",
-                                    "-p", "no:cacheprovider", "--eval-kit", "vlmevalkit", "--processes", "2", "--model", "internvl2-8b",
-                                    "--simulate", "8xA100-80GB"])  # fmt: skip
+                                    "-p", "no:cacheprovider", "--eval-kit", "vlmevalkit", "--processes", "2",
+                                    "--model", "internvl2-8b", "--simulate", "8xA100-80GB"])  # fmt: skip
     assert "VLMEvalKit run.py slices: rank 0 GPUs 4,5; rank 1 GPUs 6,7" in err
 
 

@@ -13,6 +13,7 @@ import transformers
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 
@@ -55,6 +56,23 @@ def new_cache() -> Cache:
     return DynamicCache()
 
 
+# transformers 5.24 renamed the output field `past_key_values` to `cache`; the old keyword still works there with a
+# deprecation warning, and older releases know only the old one. Build and read the output by the installed name.
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def causal_lm_output(logits: torch.Tensor, cache: Cache | None) -> CausalLMOutputWithPast:
+    """A language model's output with its logits and cache, under the installed transformers' field name."""
+    fields: dict[str, Any] = {"logits": logits, _CACHE_FIELD: cache}
+    return CausalLMOutputWithPast(**fields)
+
+
+def output_cache(output: Any) -> Cache | None:
+    """The cache of a language model's output, whichever name the installed transformers gives it."""
+    cache: Cache | None = getattr(output, _CACHE_FIELD)
+    return cache
+
+
 def causal_mask(
     attention_mask: torch.Tensor | None, q_len: int, past_len: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -90,7 +108,7 @@ class TwinCausalLM(PreTrainedModel, GenerationMixin):  # type: ignore[no-untyped
     _supports_cache_class = True
     supports_gradient_checkpointing = False
 
-    def prepare_inputs_for_generation(  # type: ignore[override]
+    def prepare_inputs_for_generation(  # type: ignore[override,unused-ignore]
         self,
         input_ids: torch.Tensor,
         past_key_values: Cache | None = None,

@@ -27,6 +27,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from diag.twins._common import (
     RMSNorm,
     TwinCausalLM,
+    causal_lm_output,
     causal_mask,
     eager_attention,
     inverse_frequencies,
@@ -404,7 +405,7 @@ class CogVLMForCausalLM(TwinCausalLM):  # type: ignore[no-untyped-call]
         head: nn.Module = self.lm_head
         return head
 
-    def prepare_inputs_for_generation(  # type: ignore[override]
+    def prepare_inputs_for_generation(  # type: ignore[override,unused-ignore]
         self,
         input_ids: torch.Tensor,
         past_key_values: Cache | None = None,
@@ -453,7 +454,7 @@ class CogVLMForCausalLM(TwinCausalLM):  # type: ignore[no-untyped-call]
             position_ids = build_position_ids(token_type_ids)
         hidden_states = self.model(input_ids, stacked, token_type_ids, attention_mask, past_key_values, position_ids)
         logits = self.lm_head(hidden_states).float()
-        return CausalLMOutputWithPast(logits=logits, past_key_values=past_key_values if use_cache else None)
+        return causal_lm_output(logits, past_key_values if use_cache else None)
 
 
 def _stack_images(images: list[list[torch.Tensor]] | torch.Tensor) -> torch.Tensor:

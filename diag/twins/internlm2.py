@@ -21,6 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from diag.twins._common import (
     RMSNorm,
     TwinCausalLM,
+    causal_lm_output,
     causal_mask,
     eager_attention,
     inverse_frequencies,
@@ -247,4 +248,4 @@ class InternLM2ForCausalLM(TwinCausalLM):  # type: ignore[no-untyped-call]
             past_key_values = new_cache()
         hidden_states = self.model(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values)
         logits = self.output(hidden_states).float()
-        return CausalLMOutputWithPast(logits=logits, past_key_values=past_key_values if use_cache else None)
+        return causal_lm_output(logits, past_key_values if use_cache else None)

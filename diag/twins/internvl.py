@@ -27,7 +27,7 @@ from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
 
-from diag.twins._common import RMSNorm
+from diag.twins._common import RMSNorm, causal_lm_output, output_cache
 from diag.twins.internlm2 import InternLM2Config, InternLM2ForCausalLM
 from diag.twins.shrink import IMAGE_TOKEN, IMG_END, IMG_START
 
@@ -369,7 +369,7 @@ class InternVLChatModel(PreTrainedModel):  # type: ignore[no-untyped-call]
             use_cache=use_cache,
             return_dict=True,
         )
-        return CausalLMOutputWithPast(logits=outputs.logits, past_key_values=outputs.past_key_values)
+        return causal_lm_output(outputs.logits, output_cache(outputs))
 
     @torch.no_grad()
     def generate(
