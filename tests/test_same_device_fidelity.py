@@ -66,12 +66,30 @@ def test_internvl_chat_under_auto_over_four_gpus():
                         replan=("auto", FOUR_GPUS))  # fmt: skip
     if OLD_STACK:  # InternVL #587: the sampling step mixes the head's GPU and the inputs' GPU
         assert verdict.result.stage == "chat" and verdict.result.cross_device  # chat's generate
+        # chat sets eos_token_id, so the first op to meet both GPUs is the one #587 quotes:
+        # `next_tokens * unfinished_sequences`, with the head's GPU (the 76B's auto plan puts it on GPU 2) first.
+        assert verdict.result.op == "Tensor.mul" and verdict.result.devices == ("cuda:2", "cuda:0")
         assert verdict.cause is not None and verdict.cause.code == "FWD-002"
         assert verdict.verified
         fixed = verdict.fixed_map or {}
         assert fixed[layout.head] == fixed[layout.embed] == fixed[layout.norm]
     else:
         assert verdict.result.ok, verdict.result.error
+
+
+@pytest.mark.parametrize("where", ["auto", "head-on-last-gpu"])
+def test_internlm2_based_internvl_returns_its_logits_to_the_inputs_gpu(where):
+    """InternVL2-8B's language model is InternLM2, whose remote code moves the logits back to the input's device
+    (InternVL PR #132): with the head on another GPU than the embeddings its chat runs on every stack."""
+    meta = _meta("internvl2-8b")
+    layout = language_model_layout(meta)
+    if where == "auto":
+        device_map = plan_device_map(meta, "auto", FOUR_GPUS)
+    else:
+        device_map = {**forced_map(meta, 4, PRESETS["internvl2-8b"].family), layout.norm: 3, layout.head: 3}
+    assert device_map[layout.head] != device_map[layout.embed]
+    verdict = check_run(PRESETS["internvl2-8b"], device_map, simulated_gpus=4, meta_model=meta)
+    assert verdict.result.ok, verdict.result.error
 
 
 def test_cogvlm_with_a_split_vision_layer_fails_and_the_no_split_fix_runs():

@@ -9,14 +9,11 @@ import subprocess
 import sys
 
 import pytest
-import transformers
-from packaging.version import Version
 
 from diag.launch import wrapper
 from diag.launch.commands import CommandError, recognise
 from diag.launch.wrapper import checks_dir, plan_run
 
-OLD_STACK = Version(transformers.__version__) < Version("4.46")  # FACTS.md: where the InternVL generate failure lives
 LLAVA_HF = ["--model", "llava_hf", "--model_args", "pretrained=llava-hf/llava-1.5-7b-hf,device_map=auto"]
 
 
@@ -184,10 +181,10 @@ def test_vlmevalkit_torchrun_over_four_gpus_checks_two_slices(tmp_path, monkeypa
     for case in ("rank0-gpus4,5-internvl2-8b-auto", "rank1-gpus6,7-internvl2-8b-auto"):
         assert checks[f"test_model_fits_in_gpu_memory[{case}]"]["outcome"] == "passed"
         twin = checks[f"test_twin_runs_with_the_map[{case}]"]
-        # FACTS.md "Generation" (InternVL #587): with the head on the slice's second GPU, InternVL-Chat's generate
-        # fails on transformers < 4.46 and runs on later releases; each slice gets that verdict of its own.
-        assert (twin["outcome"], twin["code"]) == (("failed", "FWD-002") if OLD_STACK else ("passed", None))
-    assert (code, [args for _, args, _ in started]) == ((1, []) if OLD_STACK else (0, [command]))
+        # InternVL2-8B's InternLM2 moves its logits back to the input's GPU (InternVL PR #132), so the head on the
+        # slice's second GPU does not fail the InternVL #587 way, on transformers < 4.46 either.
+        assert (twin["outcome"], twin["code"]) == ("passed", None)
+    assert (code, [args for _, args, _ in started]) == (0, [command])
     out, err = capfd.readouterr()
     assert "VLMEvalKit run.py slices: rank 0 GPUs 4,5; rank 1 GPUs 6,7" in err
     assert "plan for rank0-gpus4,5-internvl2-8b-auto:" in out and "plan for rank1-gpus6,7-internvl2-8b-auto:" in out

@@ -5,6 +5,11 @@ internvl_chat/internvl/model/internlm2): `model.tok_embeddings`, `model.layers.N
 `attention.wqkv`, `attention.wo`, `attention.rotary_emb`, `feed_forward.w1/w3/w2`, `attention_norm`, `ffn_norm`),
 `model.norm`, `output`. The rotary embedding lives inside each attention module, as upstream has it, so there is
 no module-level `rotary_emb` for a device map to forget.
+
+Mirrors OpenGVLab/InternVL at commit 0dc48a2 (2024-07-19, "Release code of InternVL 2.0", the source of the
+InternVL2 checkpoints' remote code), `internvl_chat/internvl/model/internlm2/modeling_internlm2.py`, in its
+device-sensitive steps only: `InternLM2ForCausalLM.forward` returns the logits on the input's device (PR #132).
+What that code does on transformers 5.x beyond device placement (it has no GenerationMixin there) is not mirrored.
 """
 
 from __future__ import annotations
@@ -248,4 +253,9 @@ class InternLM2ForCausalLM(TwinCausalLM):  # type: ignore[no-untyped-call]
             past_key_values = new_cache()
         hidden_states = self.model(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values)
         logits = self.output(hidden_states).float()
+        # Upstream moves the logits back to the input's device (InternVL PR #132, "fix device map"), so a head on
+        # another GPU than the embeddings does not reach generate's sampling step (InternVL #587) on any release.
+        inputs = input_ids if input_ids is not None else inputs_embeds
+        if inputs is not None:
+            logits = logits.to(inputs.device)
         return causal_lm_output(logits, past_key_values if use_cache else None)

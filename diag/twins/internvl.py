@@ -13,7 +13,12 @@ The device-sensitive steps are kept as upstream writes them:
 - `generate` moves them to the embeddings' device first (upstream commit 07ef6e9, InternVL #133; a config with
   `merge_without_move=True` gives the remote code from before it, which earlier checkpoint snapshots carry),
   then calls `self.language_model.generate(inputs_embeds=...)` on the inner model, so the logits stay on the
-  head's GPU: with transformers < 4.46 that is the head-on-the-last-GPU failure of InternVL #587.
+  head's GPU: with transformers < 4.46 that is the head-on-the-last-GPU failure of InternVL #587;
+- `chat` passes the conversation separator as `eos_token_id`, so that failure comes in the same op users see.
+
+Mirrors OpenGVLab/InternVL at commit 0dc48a2 (2024-07-19, "Release code of InternVL 2.0", the source of the
+InternVL2 checkpoints' remote code), `internvl_chat/internvl/model/internvl_chat/`, in these steps only. This is
+diag's own stand-in: it is not the checkpoint's code, and what that code does beyond them is not checked.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOu
 
 from diag.twins._common import RMSNorm, causal_lm_output, output_cache
 from diag.twins.internlm2 import InternLM2Config, InternLM2ForCausalLM
-from diag.twins.shrink import IMAGE_TOKEN, IMG_END, IMG_START
+from diag.twins.shrink import IM_END, IMAGE_TOKEN, IMG_END, IMG_START
 
 IMG_START_TOKEN = "<img>"
 IMG_END_TOKEN = "</img>"
 IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
+SEPARATOR_TOKEN = "<|im_end|>"  # the template's separator; upstream chat makes it the eos token
 
 # Upstream's own list (InternVLChatModel._no_split_modules), whatever the language model is.
 INTERNVL_NO_SPLIT = [
@@ -430,6 +436,10 @@ class InternVLChatModel(PreTrainedModel):  # type: ignore[no-untyped-call]
         for num_patches in num_patches_list:
             image_tokens = IMG_START_TOKEN + IMG_CONTEXT_TOKEN * self.num_image_token * num_patches + IMG_END_TOKEN
             query = query.replace("<image>", image_tokens, 1)
+        # Upstream chat ends generation at the conversation template's separator. With an eos token the sampling
+        # step multiplies the new tokens by the unfinished-sequence mask first (`next_tokens *
+        # unfinished_sequences`), so on transformers < 4.46 a head on another GPU fails there, in `mul` (#587).
+        generation_config = {**generation_config, "eos_token_id": tokenizer.convert_tokens_to_ids(SEPARATOR_TOKEN)}
         model_inputs = tokenizer(query, return_tensors="pt")
         input_ids = model_inputs["input_ids"]
         attention_mask = model_inputs["attention_mask"]
@@ -447,7 +457,8 @@ class TwinTokenizer:
     downloads; only where the ids land matters to the same-device check, not what they say."""
 
     def __init__(self) -> None:
-        self.special = {IMG_START_TOKEN: IMG_START, IMG_END_TOKEN: IMG_END, IMG_CONTEXT_TOKEN: IMAGE_TOKEN}
+        self.special = {IMG_START_TOKEN: IMG_START, IMG_END_TOKEN: IMG_END, IMG_CONTEXT_TOKEN: IMAGE_TOKEN,
+                        SEPARATOR_TOKEN: IM_END}  # fmt: skip
         self.seen: list[int] = []
 
     def convert_tokens_to_ids(self, token: str) -> int:

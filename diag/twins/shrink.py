@@ -21,6 +21,7 @@ LM_HIDDEN, LM_HEADS, LM_MLP = 64, 4, 128
 VISION_HIDDEN, VISION_HEADS, VISION_MLP = 32, 2, 64
 IMAGE_TOKEN = 255  # LLaVA <image>, InternVL <IMG_CONTEXT>
 IMG_START, IMG_END = 253, 254  # InternVL <img>, </img>
+IM_END = 252  # InternVL's conversation separator <|im_end|>: the eos_token_id its chat passes to generate
 QWEN_IDS = {
     "vision_start_token_id": 248,
     "vision_end_token_id": 249,
