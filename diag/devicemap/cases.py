@@ -42,7 +42,7 @@ class MapCase:
 
 def _models(options: DiagOptions) -> tuple[list[ModelSpec], str | None]:
     from diag.devicemap.model_args import ModelArgsError, pretrained_from_model_args
-    from diag.twins import PRESETS, preset_for_checkpoint, resolve_model
+    from diag.twins import PRESETS, UnknownModel, model_for_checkpoint, resolve_model
 
     if options.model is not None:
         return [resolve_model(options.model)], None
@@ -52,7 +52,10 @@ def _models(options: DiagOptions) -> tuple[list[ModelSpec], str | None]:
         except ModelArgsError:
             pretrained = None
         if pretrained:
-            spec = preset_for_checkpoint(pretrained)
+            try:
+                spec = model_for_checkpoint(pretrained)
+            except UnknownModel as exc:
+                return [], str(exc).replace("--model ", "pretrained=", 1)
             if spec is not None:
                 return [spec], None
             return [], (f"pretrained={pretrained} is not a checkpoint diag knows; pass --model with a preset "

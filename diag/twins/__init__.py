@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from diag.twins.build import build_meta, build_tiny, example_inputs
 from diag.twins.layout import LmLayout, language_model_layout, no_split_modules
-from diag.twins.spec import FAMILIES, PRESETS, ModelSpec, UnknownModel, preset_for_checkpoint, resolve_model
+from diag.twins.spec import (
+    FAMILIES,
+    PRESETS,
+    ModelSpec,
+    UnknownModel,
+    model_for_checkpoint,
+    preset_for_checkpoint,
+    resolve_model,
+)
 
 __all__ = [
     "FAMILIES",
@@ -23,6 +31,7 @@ __all__ = [
     "build_tiny",
     "example_inputs",
     "language_model_layout",
+    "model_for_checkpoint",
     "no_split_modules",
     "preset_for_checkpoint",
     "resolve_model",

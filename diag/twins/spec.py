@@ -1,11 +1,14 @@
-"""Which model a run is about: presets by name, local config.json files, and hub ids mapped to presets.
+"""Which model a run is about: presets by name, local config.json files, hub ids from the local HF cache.
 
+The checkpoint's own config.json wins over diag's preset whenever it is on the machine (a folder, or the hub
+cache); a preset stands in only for a checkpoint that is not there, and `ModelSpec.source` says which it was.
 Only a config is ever read; nothing is downloaded and no remote code runs.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -14,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
+from diag.twins.hubcache import cached_config, hub_cache_dir
 from diag.twins.presets import PRESET_TABLE
 
 FAMILIES: tuple[str, ...] = ("llava", "llava-next", "qwen2-vl", "internvl-chat", "cogvlm")
@@ -57,6 +61,16 @@ class ModelSpec:
     config: Mapping[str, Any] = field(hash=False)
     checkpoints: tuple[str, ...] = ()
     dtype: str = "bfloat16"
+    # Where the config came from: "preset" (diag's shipped copy of the published config.json), "config" (a
+    # config.json or checkpoint folder given by path) or "hub-cache" (the checkpoint's config.json in the local
+    # Hugging Face cache, as from_pretrained would read it). `config_path` is the file read, if any.
+    source: str = "preset"
+    config_path: str | None = None
+
+    @property
+    def describes_the_checkpoint(self) -> bool:
+        """True when the config is the checkpoint's own file, not diag's preset standing in for it."""
+        return self.source != "preset"
 
 
 def _preset(name: str, family: str, config: dict[str, Any], checkpoints: tuple[str, ...], dtype: str) -> ModelSpec:
@@ -84,12 +98,28 @@ def resolve_model(name_or_path: str) -> ModelSpec:
             raise UnknownModel(f"--model {name_or_path}: the folder has no config.json ({_supported()})")
     if path.is_file():
         return _from_file(name_or_path, path)
-    preset = preset_for_checkpoint(key)
-    if preset is not None:
-        return preset
+    spec = model_for_checkpoint(key)
+    if spec is not None:
+        return spec
     raise UnknownModel(
-        f"--model {name_or_path}: not a preset, a known checkpoint or a config.json path ({_supported()})"
+        f"--model {name_or_path}: not a preset, a checkpoint in the local Hugging Face cache "
+        f"({hub_cache_dir()}), a known checkpoint or a config.json path ({_supported()})"
     )
+
+
+def model_for_checkpoint(pretrained: str, env: Mapping[str, str] | None = None) -> ModelSpec | None:
+    """What `from_pretrained(pretrained)` would read, offline: a local checkpoint folder, else the hub id's
+    config.json in the local Hugging Face cache, else diag's preset for that id (a fallback: the checkpoint's
+    own config is not on this machine). None when none of them knows it; UnknownModel when the checkpoint's
+    own config is there but of a family diag cannot build."""
+    key = pretrained.strip()
+    folder = Path(key).expanduser()
+    if key and folder.is_dir() and (folder / "config.json").is_file():
+        return _from_file(key, folder / "config.json")
+    cached = cached_config(key, env)
+    if cached is not None:
+        return dataclasses.replace(_from_file(key, cached), source="hub-cache")
+    return preset_for_checkpoint(key)
 
 
 def _from_file(name: str, path: Path) -> ModelSpec:
@@ -117,7 +147,7 @@ def _from_file(name: str, path: Path) -> ModelSpec:
                 f"(supported: {', '.join(INTERNVL_LANGUAGE_MODELS)})"
             )
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
-    return ModelSpec(name, family, MappingProxyType(config), (), dtype)
+    return ModelSpec(name, family, MappingProxyType(config), (), dtype, source="config", config_path=str(path))
 
 
 def family_of(config: Mapping[str, Any]) -> str | None:
