@@ -25,6 +25,9 @@ class Cause:
     fixed_map: dict[str, Any] | None = None
     no_split_class: str | None = None  # a class to add to no_split_module_classes, then re-plan
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # FWD-005 with the inputs on a GPU the map leaves empty: the ordinals the map uses, in order. The fix selects
+    # those GPUs (CUDA_VISIBLE_DEVICES) and `fixed_map` renumbers the map from 0, where the inputs go.
+    map_gpus: tuple[int, ...] = ()
 
 
 def owner_key(name: str, device_map: Mapping[str, Any]) -> str | None:
@@ -77,6 +80,12 @@ def classify(result: RunResult, model: torch.nn.Module, device_map: Mapping[str,
         return Cause("FWD-007", f"the twin failed in {result.stage}: {error}")
     devices = result.devices or ("?", "?")
     left_on_cpu = [m for m in buffer_only_modules(model) if not _covered(m, device_map)]
+    inputs_off_map = _inputs_off_the_map(result, devices, device_map)
+    if inputs_off_map is not None:
+        return inputs_off_map
+    root_beside_others = _root_key_beside_others(model, device_map)
+    if root_beside_others is not None:
+        return root_beside_others
     if "cpu" in devices and left_on_cpu:
         return Cause(
             "FWD-001",
@@ -116,6 +125,85 @@ def classify(result: RunResult, model: torch.nn.Module, device_map: Mapping[str,
             {**device_map, **dict.fromkeys(layout.vision, embed_device)},
         )
     return Cause("FWD-007", f"{result.module or 'a module'} mixed {devices[0]} and {devices[1]} in {result.op}")
+
+
+def _inputs_off_the_map(result: RunResult, devices: tuple[str, str], device_map: Mapping[str, Any]) -> Cause | None:
+    """FWD-005 when the inputs sit on a GPU the map gives no part of the model (`{"": 1}` with the inputs on
+    cuda:0, or a VLMEvalKit AUTO_SPLIT map offset past its process's first GPU): the error's two devices are the
+    inputs' GPU and one the map uses. A map that also puts modules on the CPU or disk is left to the other causes.
+    """
+    inputs = cuda_ordinal(result.inputs_device)
+    values = list(device_map.values())
+    ordinals = [cuda_ordinal(v) for v in values]
+    if inputs is None or not values or any(o is None for o in ordinals):
+        return None
+    used = tuple(sorted({o for o in ordinals if o is not None}))
+    met = {cuda_ordinal(d) for d in devices}
+    if inputs in used or inputs not in met or not (met - {inputs}) <= set(used):
+        return None
+    renumber = {ordinal: index for index, ordinal in enumerate(used)}
+    fixed = {key: _renumbered(value, renumber) for key, value in device_map.items()}
+    where = f"cuda:{used[0]}" if len(used) == 1 else f"cuda:{', cuda:'.join(str(o) for o in used)}"
+    return Cause(
+        "FWD-005",
+        f"the inputs sit on {_label(inputs)}, where the map puts no part of the model; the model is on {where}, "
+        "and with the whole model on one GPU from_pretrained adds no hook that would move the inputs"
+        if len(used) == 1
+        else f"the inputs sit on {_label(inputs)}, where the map puts no part of the model (it uses {where})",
+        fixed_map=fixed,
+        map_gpus=used,
+    )
+
+
+def _root_key_beside_others(model: torch.nn.Module, device_map: Mapping[str, Any]) -> Cause | None:
+    """FWD-010: the map has the root key "" and other keys on other devices. accelerate's dispatch_model gives
+    every submodule a hook for the root's device before it reaches the other keys
+    (hooks.py::attach_align_device_hook_on_blocks), so a module mapped elsewhere keeps its weights there while its
+    inputs are moved to the root's device. The fix spells "" out as the modules it stands for."""
+    if "" not in device_map:
+        return None
+    root = device_map[""]
+    others = {key: value for key, value in device_map.items() if key and value != root}
+    if not others:
+        return None
+    fixed = {key: value for key, value in device_map.items() if key}
+    _spell_out(model, "", root, fixed)
+    return Cause(
+        "FWD-010",
+        f'the map has the root key "" ({_label(root)}) beside {", ".join(others)} on other devices: accelerate '
+        "moves the inputs of every module to the root's device, wherever the map put its weights",
+        tuple(others),
+        fixed,
+    )
+
+
+def _spell_out(module: torch.nn.Module, prefix: str, root: Any, device_map: dict[str, Any]) -> None:
+    """Map to `root` every child (and tensor) of `module` that no key in `device_map` covers, in place."""
+    for name, child in module.named_children():
+        full = prefix + name
+        if full in device_map:
+            continue
+        if any(key.startswith(full + ".") for key in device_map):
+            _spell_out(child, full + ".", root, device_map)
+        else:
+            device_map[full] = root
+    tensors = [name for name, _ in module.named_parameters(recurse=False)]
+    tensors += [name for name, _ in module.named_buffers(recurse=False)]
+    for name in tensors:
+        device_map.setdefault(prefix + name, root)
+
+
+def _renumbered(value: Any, renumber: Mapping[int, int]) -> Any:
+    """A map value moved to its new ordinal, written the way it was: 1 -> 0, "cuda:1" -> "cuda:0", "1" -> "0"."""
+    ordinal = cuda_ordinal(value)
+    if ordinal is None or ordinal not in renumber:
+        return value
+    new = renumber[ordinal]
+    if isinstance(value, int):
+        return new
+    if isinstance(value, str) and value.startswith("cuda"):
+        return f"cuda:{new}"
+    return str(new) if isinstance(value, str) else new
 
 
 def _first_gpu(device_map: Mapping[str, Any]) -> Any:
