@@ -6,14 +6,18 @@ the map; its fix is a new map, which the caller re-runs before calling it verifi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from diag.devicemap.sources import ORIGIN_AUTO_SPLIT, ORIGIN_MODEL_ARGS, DeviceMapSource
 from diag.devicemap.validate import buffer_only_modules, cuda_ordinal
 from diag.samedevice.run import RunResult
+from diag.topology.records import Topology
+from diag.topology.selection import PCI_BUS_ID
 from diag.twins import LmLayout
 
 
@@ -118,11 +122,14 @@ def classify(result: RunResult, model: torch.nn.Module, device_map: Mapping[str,
         )
     vision_devices = {owner_device(v, device_map) for v in layout.vision}
     if vision_devices - {embed_device}:
+        # Keys inside the vision modules go: the whole module moves, not just its parent key.
+        inside = tuple(f"{m}." for m in layout.vision)
+        kept = {k: v for k, v in device_map.items() if not k.startswith(inside)}
         return Cause(
             "FWD-003",
             f"the image embeddings ({', '.join(layout.vision)}) are merged into the text embeddings on another GPU",
             layout.vision,
-            {**device_map, **dict.fromkeys(layout.vision, embed_device)},
+            {**kept, **dict.fromkeys(layout.vision, embed_device)},
         )
     return Cause("FWD-007", f"{result.module or 'a module'} mixed {devices[0]} and {devices[1]} in {result.op}")
 
@@ -191,6 +198,62 @@ def _spell_out(module: torch.nn.Module, prefix: str, root: Any, device_map: dict
     tensors += [name for name, _ in module.named_buffers(recurse=False)]
     for name in tensors:
         device_map.setdefault(prefix + name, root)
+
+
+def select_gpus_fix(
+    cause: Cause, source: DeviceMapSource, topology: Topology, map_file: str | None = None
+) -> tuple[str, dict[str, str]] | None:
+    """The fix of an inputs-off-the-map FWD-005 with the physical GPUs named: its summary and the environment.
+
+    A map the user wrote: select the GPUs the map uses (`CUDA_VISIBLE_DEVICES`, nvidia-smi numbers) and renumber
+    the map from 0, written the way the user wrote it. VLMEvalKit's AUTO_SPLIT map: the split is the cause (it
+    offsets by LOCAL_RANK inside the slice run.py already gave the process), so the fix changes the launch.
+    """
+    if cause.code != "FWD-005" or not cause.map_gpus or cause.fixed_map is None:
+        return None
+    from diag.devicemap.fit import nvml_index_of
+
+    physical = [nvml_index_of(topology, ordinal) for ordinal in cause.map_gpus]
+    if any(index is None for index in physical):
+        return None
+    named = ", ".join(f"cuda:{o} is GPU {p}" for o, p in zip(cause.map_gpus, physical, strict=True))
+    placed = ", ".join(f"cuda:{o} (GPU {p})" for o, p in zip(cause.map_gpus, physical, strict=True))
+    visible = ",".join(str(p) for p in physical)
+    inputs_gpu = nvml_index_of(topology, 0)
+    if source.origin == ORIGIN_AUTO_SPLIT:
+        slice_text = topology.selection.cuda_visible_devices or "all GPUs"
+        return (
+            f"VLMEvalKit's AUTO_SPLIT split counts its GPUs from LOCAL_RANK inside the GPUs run.py already gave "
+            f"this process (CUDA_VISIBLE_DEVICES={slice_text}), so it puts the model on {placed} and leaves cuda:0 "
+            f"(GPU {inputs_gpu}), where the inputs go, empty. Run one process with AUTO_SPLIT=1 (`python run.py` "
+            "with your arguments, not torchrun) so the split spreads over every GPU, or leave AUTO_SPLIT unset "
+            "with a VLMEvalKit whose "
+            'InternVL loads with device_map="auto" over its process\'s GPUs (open-compass/VLMEvalKit PR #952).',
+            {},
+        )
+    value = _written_like(source, cause.fixed_map, map_file)
+    where = "in --model_args " if source.origin == ORIGIN_MODEL_ARGS else ""
+    gpus = "that GPU" if len(physical) == 1 else "those GPUs"
+    return (
+        f"Select {gpus} and map to 0 ({named}): start the eval with CUDA_DEVICE_ORDER={PCI_BUS_ID} "
+        f"CUDA_VISIBLE_DEVICES={visible} and {where}device_map={value}; or move the inputs to the model's GPU "
+        "(`.to(model.device)`) before calling it.",
+        {"CUDA_DEVICE_ORDER": PCI_BUS_ID, "CUDA_VISIBLE_DEVICES": visible},
+    )
+
+
+def _written_like(source: DeviceMapSource, fixed_map: Mapping[str, Any], map_file: str | None) -> str:
+    """The renumbered map in the form the user gave it: `0`, `cuda:0`, `{"": 0}`, or the file diag wrote."""
+    if isinstance(source.value, dict):
+        if len(fixed_map) <= 4 or map_file is None:
+            return json.dumps(dict(fixed_map))
+        return f"the map in {map_file}"
+    if set(fixed_map) != {""}:
+        return json.dumps(dict(fixed_map))
+    new = fixed_map[""]
+    if isinstance(source.value, str) and source.value.startswith("cuda"):
+        return f"cuda:{cuda_ordinal(new)}" if source.origin == ORIGIN_MODEL_ARGS else f'"cuda:{cuda_ordinal(new)}"'
+    return str(cuda_ordinal(new))
 
 
 def _renumbered(value: Any, renumber: Mapping[int, int]) -> Any:
