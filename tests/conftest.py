@@ -11,14 +11,9 @@ from typing import Any
 
 import pytest
 
-import diag.plugin  # noqa: F401  (see below)
 from diag.topology.files import node_to_dict
 from diag.topology.simulated import simulated_node
 
-# pytester's in-process runs drop every module first imported during a run, but a package keeps its submodule
-# attributes: a second run would import diag.plugin and diag.session anew while `from diag import fixtures` still
-# found the first run's fixtures module, whose session STATE key is another object (KeyError in every check).
-# Importing the plugin here, in this process, keeps one copy of each for all runs.
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO / "diag" / "schema" / "diag-report-1.json").read_text())
 
