@@ -54,12 +54,23 @@ def test_selected_gpus_exist(gpu_node: Node, diag_selection: Selection, check: C
         )
 
 
+TORCH_BUILD_COMMAND = "python -c 'import torch; print(torch.__version__, torch.version.cuda)'"
+
+
 def test_torch_is_a_cuda_build_the_driver_supports(gpu_node: Node, diag_topology: Topology, check: Check) -> None:
+    # A simulated or replayed node is judged by the torch it records (the capture's), never by this process's own.
+    if gpu_node.source == "file" and not gpu_node.torch_recorded:
+        pytest.skip("the capture does not record the eval environment's torch (torch_cuda and torch_version are "
+                    "null): capture the node with `python -m diag topology` in the eval environment, or set "
+                    "\"torch_cuda\" in the file")  # fmt: skip
     torch_cuda = parse_cuda_version(diag_topology.cuda.torch_cuda)
     driver_cuda = parse_cuda_version(gpu_node.cuda_driver_version)
+    if torch_cuda is None and gpu_node.source == "file":
+        check.fail("ENV-004", f"torch {gpu_node.torch_version} where the node was captured cannot use any GPU: it is "
+                   "not a CUDA build (the capture's torch_cuda is null).", commands=[TORCH_BUILD_COMMAND])  # fmt: skip
     if torch_cuda is None:
         check.fail("ENV-004", f"torch cannot use any GPU: {diag_topology.cuda.error or 'it is a CPU-only build'}.",
-                   commands=["python -c 'import torch; print(torch.__version__, torch.version.cuda)'"])  # fmt: skip
+                   commands=[TORCH_BUILD_COMMAND])  # fmt: skip
     if driver_cuda is None:
         pytest.skip("the driver did not say which CUDA version it supports")
     if torch_cuda[0] > driver_cuda[0]:
@@ -78,7 +89,8 @@ def test_torch_is_a_cuda_build_the_driver_supports(gpu_node: Node, diag_topology
 
 def test_torch_sees_exactly_the_selected_gpus(gpu_node: Node, diag_topology: Topology, check: Check) -> None:
     cuda = diag_topology.cuda
-    if cuda.torch_cuda is None:
+    # A replay whose capture does not record torch still shows which GPUs a CUDA torch would see.
+    if cuda.torch_cuda is None and (gpu_node.source != "file" or gpu_node.torch_recorded):
         pytest.skip("torch is not a CUDA build (see test_torch_is_a_cuda_build_the_driver_supports, ENV-004)")
     if cuda.error and not cuda.devices:
         check.fail("ENV-003", f"the CUDA probe found no usable GPU: {cuda.error}.")

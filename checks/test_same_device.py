@@ -12,6 +12,7 @@ from diag.checking import Check
 from diag.devicemap.cases import MapCase, write_map
 from diag.devicemap.fit import free_bytes_by_ordinal, resolve_map
 from diag.devicemap.plan import host_memory_bytes
+from diag.samedevice.causes import select_gpus_fix
 from diag.samedevice.verify import Verdict, check_run, forced_map
 from diag.topology.records import Topology
 
@@ -77,7 +78,11 @@ def test_twin_runs_with_the_map(
         )
     else:
         summary = None
+    # Inputs on a GPU the map leaves empty: the fix selects the map's GPUs by their nvidia-smi numbers.
+    select = select_gpus_fix(verdict.cause, case.source, case_topology, path) if verdict.verified else None
+    env = select[1] if select else None
+    summary = select[0] if select else summary
     check.fail(verdict.cause.code, _message(verdict, map_text), summary,
                subject=verdict.result.module or case.model.name, device_map_file=path, verified=verdict.verified,
-               commands=_fix_lines(path) if path else [],
+               commands=_fix_lines(path) if path and not select else [], env=env,
                details=json.dumps({"first_run": verdict.result.error, "devices": verdict.result.devices}))  # fmt: skip

@@ -94,8 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         env.update(CUDA_DEVICE_ORDER=PCI_BUS_ID, CUDA_VISIBLE_DEVICES=",".join(args.gpus))
     topology = build_topology(env=env, gpus=args.gpus, simulate=args.simulate, replay=args.topology)
     data = node_to_dict(topology.node)
-    # A captured node records the probe's torch CUDA build, so a replay judges the same torch.
+    # A captured node records the probe's torch (version and CUDA build), so a replay judges the same torch.
     data["torch_cuda"] = data["torch_cuda"] or topology.cuda.torch_cuda
+    if topology.node.source == "nvml" and topology.node.nvml_error is None:  # the probe ran in this environment
+        data["torch_version"] = topology.cuda.torch_version
     if args.gpus:
         data["view"] = topology_section(topology)["selection"] | {"cuda": topology_section(topology)["cuda"]}
     _print(json.dumps(data, indent=2))

@@ -294,6 +294,17 @@ _CATALOG: tuple[FixCode, ...] = (
         ("NVIDIA XID errors reference", "NVIDIA nvidia-smi documentation: compute mode"),
     ),
     FixCode(
+        "FWD-010",
+        'A map with the root key "" beside other keys',
+        'The map gives the whole model a device with the key "" and some of its modules another one. accelerate '
+        "hooks the whole model for the root's device as well as each keyed module for its own, so a module mapped "
+        "elsewhere keeps its weights there while its inputs arrive on the root's device: `… found at least two "
+        "devices, cuda:0 and cuda:1!`.",
+        'Write out the modules "" stood for, each with the root\'s device, instead of "" (diag wrote the map and '
+        "re-ran the twin with it).",
+        ("accelerate: hooks.py::attach_align_device_hook_on_blocks",),
+    ),
+    FixCode(
         "MEM-001",
         "A GPU is predicted to run out of memory",
         "The weights planned onto a GPU plus the reserve for the CUDA context and the KV cache exceed its free "

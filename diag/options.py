@@ -50,7 +50,8 @@ def _model(value: str) -> str:
 def _device_map(value: str) -> str:
     from diag.devicemap.sources import parse_device_map_option
 
-    parse_device_map_option(value)  # a malformed JSON object or @file is a usage error (DeviceMapSyntaxError)
+    # A malformed JSON object, an unreadable map file or one line of a map file is a usage error.
+    parse_device_map_option(value)
     return value
 
 
@@ -116,7 +117,8 @@ def add_options(parser: pytest.Parser) -> None:
         default=None,
         metavar="VALUE",
         help="what the eval passes to from_pretrained: auto, balanced, sequential, cpu, cuda:N, N, a JSON object, "
-        "or --device-map=@file.json (with =: pytest reads a lone @file argument as a file of arguments)",
+        "or a map file: --device-map map.json or --device-map=@map.json (not `--device-map @map.json`: pytest "
+        "reads a lone @file argument as a file of arguments)",
     )
     group.addoption(
         "--model-args",

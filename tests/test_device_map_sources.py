@@ -164,3 +164,63 @@ def test_the_error_is_a_usage_error_for_argparse(capsys):
 )
 def test_kind_of_values_from_other_sources(value, kind):
     assert DeviceMapSource(value, "--model-args", f"device_map={value}").kind == kind
+
+
+# -- map files without `@`, and the `@file` that pytest split ---------------------------------------------------
+def test_a_path_ending_in_json_is_read_as_the_map(tmp_path, monkeypatch):
+    (tmp_path / "map.json").write_text(json.dumps({"vision_model": 0, "": "cuda:1"}, indent=2))
+    monkeypatch.chdir(tmp_path)
+    for text in ("map.json", str(tmp_path / "map.json")):
+        source = parse_device_map_option(text)
+        assert source.value == {"vision_model": 0, "": "cuda:1"} and source.kind == "dict"
+        assert (source.origin, source.text) == ("--device-map", text)
+
+
+def test_the_at_form_still_reads_the_same_file(tmp_path):
+    path = tmp_path / "map.json"
+    path.write_text('{"": 1}')
+    assert parse_device_map_option(f"@{path}").value == parse_device_map_option(str(path)).value == {"": 1}
+
+
+def test_any_existing_file_holding_a_json_object_is_a_map(tmp_path):
+    path = tmp_path / "split-for-76b"
+    path.write_text('{"language_model": 1, "": 0}\n')
+    assert parse_device_map_option(str(path)).value == {"language_model": 1, "": 0}
+
+
+def test_a_file_that_holds_no_json_object_stays_a_value_for_transformers(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("auto")
+    source = parse_device_map_option(str(path))
+    assert source.value == str(path) and source.kind == "device"
+
+
+def test_device_names_and_strategies_win_over_files_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("auto", "cpu", "cuda:1"):
+        (tmp_path / name).write_text('{"": 0}')
+        assert parse_device_map_option(name).value == name
+
+
+def test_a_missing_json_path_is_named():
+    message = _error("no-such-map.json")
+    assert "file no-such-map.json not found" in message
+
+
+def test_a_json_path_with_bad_json_is_named(tmp_path):
+    path = tmp_path / "map.json"
+    path.write_text('{"vision_model": 0,}')
+    assert f"file {path}: not valid JSON" in _error(str(path))
+
+
+@pytest.mark.parametrize("line", ["{", '{"vision_model": 0,', '  "language_model": 1,', '"lm_head": "cpu"', "}", "},"])
+def test_a_line_of_a_map_file_names_the_forms_that_work(line):
+    """`--device-map @map.json` with a space: pytest expands the file into its lines and the option gets one."""
+    message = _error(line)
+    assert "pytest expands `--device-map @map.json` (with a space) into the file's lines" in message
+    assert message.endswith("write --device-map map.json or --device-map=@map.json")
+
+
+def test_a_balanced_but_invalid_object_is_only_invalid_json():
+    message = _error("{'a': 0}")
+    assert "not valid JSON" in message and "pytest expands" not in message

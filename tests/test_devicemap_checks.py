@@ -162,6 +162,29 @@ def test_bad_model_and_map_options_are_one_line_usage_errors(pytester, args, lin
     assert "Traceback" not in result.stderr.str()
 
 
+def test_device_map_at_file_with_a_space_is_a_usage_error_naming_the_forms_that_work(pytester):
+    pytester.path.joinpath("map.json").write_text(json.dumps({"vision_model": 0, "language_model": 1}, indent=2))
+    result = pytester.runpytest("-p", "diag.plugin", "-p", "no:hypothesispytest", "--simulate", "2xA100-80GB",
+                                "--device-map", "@map.json")  # fmt: skip
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*argument --device-map: --device-map '{': not valid JSON*pytest expands "
+                                 "`--device-map @map.json` (with a space)*write --device-map map.json or "
+                                 "--device-map=@map.json"])  # fmt: skip
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_a_map_file_given_by_its_path_is_the_map_the_checks_judge(run_checks, pytester):
+    meta = build_meta(PRESETS["llava-1.5-7b"])
+    vision = next(name for name, _ in meta.named_modules() if name.endswith("vision_tower"))
+    pytester.path.joinpath("map.json").write_text(json.dumps({vision: 0, "": 1}, indent=2))
+    run = run_checks("--simulate", "2xA100-80GB", "--model", "llava-1.5-7b", "--device-map", "map.json",
+                     target="checks/test_devicemap.py")  # fmt: skip
+    entry = run.check("test_device_map_covers_the_model[llava-1.5-7b-device-map]")
+    assert entry["outcome"] == "passed", run.text
+    plan = run.check("test_model_fits_in_gpu_memory[llava-1.5-7b-device-map]")["data"]["plan"]
+    assert {row["device"]: row["modules"] for row in plan} == {"cuda:0": vision, "cuda:1": "(whole model)"}
+
+
 def test_auto_split_with_two_processes_gives_each_its_own_slice(run_checks, monkeypatch):
     monkeypatch.setenv("AUTO_SPLIT", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")

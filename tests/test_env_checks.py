@@ -165,9 +165,31 @@ def test_a_driver_too_old_for_torch_fails_and_a_minor_gap_warns(run_checks, node
 
 
 def test_a_replayed_cpu_only_torch_fails_the_build_check_and_skips_visibility(run_checks, node_file):
-    run = run_checks("--topology", str(node_file("2xA100-80GB", torch_cuda=None)))
-    assert run.check("test_torch_is_a_cuda_build_the_driver_supports")["code"] == "ENV-004"
+    run = run_checks("--topology", str(node_file("2xA100-80GB", torch_cuda=None, torch_version="2.4.1+cpu")))
+    entry = run.check("test_torch_is_a_cuda_build_the_driver_supports")
+    assert entry["code"] == "ENV-004"
+    assert entry["message"].startswith("torch 2.4.1+cpu where the node was captured cannot use any GPU")
     assert run.check("test_torch_sees_exactly_the_selected_gpus")["outcome"] == "skipped"
+
+
+def test_a_replay_is_judged_by_the_captured_cuda_torch_not_this_machines(run_checks, node_file):
+    """This machine's torch is a CPU-only build; the capture's torch (CUDA 12.1, driver 12.4) is what counts."""
+    from diag.report import installed_torch_cuda
+
+    assert installed_torch_cuda() is None
+    run = run_checks("--topology", str(node_file("2xA100-80GB", torch_cuda="12.1", torch_version="2.4.1+cu121")))
+    assert run.check("test_torch_is_a_cuda_build_the_driver_supports")["outcome"] == "passed"
+    assert run.report["summary"]["failed"] == 0, run.text
+
+
+def test_a_capture_that_does_not_record_torch_skips_the_build_check(run_checks, node_file):
+    run = run_checks("--topology", str(node_file("2xA100-80GB", torch_cuda=None, torch_version=None)))
+    entry = run.check("test_torch_is_a_cuda_build_the_driver_supports")
+    assert entry["outcome"] == "skipped"
+    assert "the capture does not record the eval environment's torch" in entry["message"]
+    # The selection is still judged as a CUDA build of torch would see it.
+    assert run.check("test_torch_sees_exactly_the_selected_gpus")["outcome"] == "passed"
+    assert run.report["summary"]["failed"] == 0, run.text
 
 
 def test_without_a_driver_only_the_driver_check_fails(run_checks):

@@ -121,3 +121,26 @@ def test_xdist_workers_do_not_repeat_nvml_or_the_probe(run_checks, real_node, tm
     # the driver check would fail in them. The controller ran the probe once and handed its answer down.
     assert len(child.envs) == 1
     assert run.report["summary"]["passed"] > 6
+
+
+@pytest.mark.parametrize(("torch_cuda", "outcome"), [("12.1", "passed"), (None, "failed")])
+def test_a_capture_records_the_eval_torch_and_its_replay_is_judged_by_it(
+    run_checks, real_node, tmp_path, capsys, torch_cuda, outcome
+):
+    """`python -m diag topology` on the GPU node records its torch; replayed here (a CPU-only torch), ENV-004
+    judges the recorded one: a CUDA build passes, a CPU-only one fails with the captured version."""
+    from diag.__main__ import main
+    from diag.topology.files import load_node
+
+    real_node(_node(), TorchLikeChild(torch_cuda=torch_cuda))
+    assert main(["topology"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["torch_version"], data["torch_cuda"]) == ("2.4.1+cu121", torch_cuda)
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps(data))
+    assert load_node(str(path)).torch_recorded
+    run = run_checks("--topology", str(path))
+    entry = run.check("test_torch_is_a_cuda_build_the_driver_supports")
+    assert entry["outcome"] == outcome, run.text
+    if outcome == "failed":
+        assert entry["code"] == "ENV-004" and entry["message"].startswith("torch 2.4.1+cu121 where the node was")

@@ -24,8 +24,22 @@ ORIGIN_MODEL_ARGS = "--model-args"
 ORIGIN_AUTO_SPLIT = "AUTO_SPLIT"
 ORIGIN_DEFAULT = "default"
 
-EXPECTED = "expected auto, balanced, balanced_low_0, sequential, cpu, cuda, cuda:N, N, a JSON object or @file.json"
+EXPECTED = (
+    "expected auto, balanced, balanced_low_0, sequential, cpu, cuda, cuda:N, N, a JSON object, "
+    "or a map file as map.json or @map.json"
+)
+WORKING_FILE_FORMS = "write --device-map map.json or --device-map=@map.json"
 _INT = re.compile(r"-?[0-9]+")
+# Values that are devices or strategies, never file names: a file called `cpu` does not turn `--device-map cpu`
+# into a map file.
+_DEVICE = re.compile(r"(cpu|cuda|disk|meta|mps|xpu)(:[0-9]+)?")
+# One line of a map file written over several lines, as pytest hands it over after expanding a lone
+# `@map.json` argument into the file's lines: `{`, `"vision_model": 0,`, `}`.
+_MAP_LINE = re.compile(r'"[^"]*"\s*:|[}\]]')
+_SPLIT_FILE = (
+    "pytest expands `--device-map @map.json` (with a space) into the file's lines, so diag sees only the first; "
+    + WORKING_FILE_FORMS
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,13 @@ class DeviceMapSyntaxError(argparse.ArgumentTypeError, ValueError):
 
 
 def parse_device_map_option(value: str) -> DeviceMapSource:
-    """Read a `--device-map` value: a strategy, a device, an int, a JSON object, `@file.json`, or ""."""
+    """Read a `--device-map` value: a strategy, a device, an int, a JSON object, a map file, or "".
+
+    A map file is `@map.json`, a path ending in `.json`, or any other existing file whose text is a JSON object.
+    `--device-map @map.json` with a space never gets here whole: pytest expands the lone `@map.json` argument
+    into the file's lines (argparse's fromfile_prefix_chars), so this option receives the first line, `{`. Such a
+    fragment is a usage error that names the forms that work.
+    """
     stripped = value.strip()
     if stripped.startswith("@"):
         return DeviceMapSource(_read_map_file(value, stripped[1:]), ORIGIN_OPTION, value)
@@ -78,12 +98,35 @@ def parse_device_map_option(value: str) -> DeviceMapSource:
     if _INT.fullmatch(value):
         # Negative ints stay ints: transformers' own check names them ("can't pass device_map as a negative int").
         return DeviceMapSource(int(value), ORIGIN_OPTION, value)
+    if value not in STRATEGIES and not _DEVICE.fullmatch(value):
+        if stripped.lower().endswith(".json"):
+            return DeviceMapSource(_read_map_file(value, stripped), ORIGIN_OPTION, value)
+        from_file = _map_from_any_file(value, stripped)
+        if from_file is not None:
+            return DeviceMapSource(from_file, ORIGIN_OPTION, value)
+        if _MAP_LINE.match(stripped):
+            raise _syntax_error(value, f"this is one line of a map file, not a map; {_SPLIT_FILE}", expected=False)
     # "", "gpu", "cuda:x" and friends are kept: the validator runs them through transformers' own check.
     return DeviceMapSource(value, ORIGIN_OPTION, value)
 
 
-def _syntax_error(value: str, problem: str) -> DeviceMapSyntaxError:
-    return DeviceMapSyntaxError(f"--device-map {value!r}: {problem}; {EXPECTED}")
+def _map_from_any_file(value: str, path_text: str) -> dict[str, str | int] | None:
+    """The map in an existing regular file whose whole text is a JSON object; None for anything else."""
+    try:
+        path = Path(path_text)
+        if not path_text or not path.is_file():
+            return None
+        text = path.read_text(encoding="utf-8")
+        loaded = json.loads(text)
+    except (OSError, ValueError):  # ValueError: a NUL in the name, not UTF-8, not JSON
+        return None
+    if not isinstance(loaded, dict):
+        return None
+    return _map_from_json(value, text, where=f"file {path_text}: ")
+
+
+def _syntax_error(value: str, problem: str, *, expected: bool = True) -> DeviceMapSyntaxError:
+    return DeviceMapSyntaxError(f"--device-map {value!r}: {problem}" + (f"; {EXPECTED}" if expected else ""))
 
 
 def _read_map_file(value: str, path_text: str) -> dict[str, str | int]:
@@ -101,14 +144,22 @@ def _read_map_file(value: str, path_text: str) -> dict[str, str | int]:
     return _map_from_json(value, text, where=f"file {path_text}: ")
 
 
+def _unbalanced(text: str) -> bool:
+    """More opening than closing braces or brackets: the start of a JSON object cut off after a line."""
+    return text.count("{") + text.count("[") > text.count("}") + text.count("]")
+
+
 def _map_from_json(value: str, text: str, *, where: str) -> dict[str, str | int]:
     """The dict json.loads gives, kept as written; only objects of ints and strings pass."""
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _syntax_error(
-            value, f"{where}not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-        ) from None
+        problem = f"{where}not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        if not where and _unbalanced(text):
+            # `{` or `{"vision_model": 0,`: most likely the first line of a map file that pytest split.
+            raise _syntax_error(value, f"{problem}; if it is the first line of a map file, {_SPLIT_FILE}",
+                                expected=False) from None  # fmt: skip
+        raise _syntax_error(value, problem) from None
     if not isinstance(loaded, dict):
         raise _syntax_error(value, f"{where}a JSON {type(loaded).__name__}, not an object of module names")
     bad = [key for key, entry in loaded.items() if isinstance(entry, bool) or not isinstance(entry, int | str)]

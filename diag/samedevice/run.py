@@ -38,6 +38,7 @@ class RunResult:
     seconds: float = 0.0
     # Wall time of each part that ran: build, dispatch, and forward + generate ("run").
     parts: tuple[tuple[str, float], ...] = ()
+    inputs_device: str = "cuda:0"  # where the run put the inputs, as the eval kits do
 
     @property
     def ok(self) -> bool:
@@ -183,10 +184,10 @@ def _run(
             for stage in run_stages(spec, model, inputs_device):  # noqa: B007 (the stage reached is reported)
                 pass
         except RuntimeError as exc:
-            return _failure(stage, exc, virtual, time.perf_counter() - start, _parts(marks))
+            return _failure(stage, exc, virtual, time.perf_counter() - start, _parts(marks), inputs_device)
         except (ValueError, AssertionError, IndexError) as exc:  # a twin the map cannot run (meta tensors left …)
             return RunResult(stage, f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start,
-                             parts=_parts(marks))  # fmt: skip
+                             parts=_parts(marks), inputs_device=inputs_device)  # fmt: skip
     marks.append(("run", time.perf_counter()))
     return RunResult(None, seconds=time.perf_counter() - start, parts=_parts(marks))
 
@@ -197,7 +198,12 @@ def _parts(marks: list[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
 
 
 def _failure(
-    stage: str, exc: RuntimeError, virtual: Any, seconds: float, parts: tuple[tuple[str, float], ...]
+    stage: str,
+    exc: RuntimeError,
+    virtual: Any,
+    seconds: float,
+    parts: tuple[tuple[str, float], ...],
+    inputs_device: str = "cuda:0",
 ) -> RunResult:
     text = str(exc).strip().splitlines()[0]
     match = _DEVICES.search(text)
@@ -212,4 +218,5 @@ def _failure(
         module=getattr(cross, "module", None),
         seconds=seconds,
         parts=parts,
+        inputs_device=inputs_device,
     )

@@ -22,6 +22,7 @@ def node_to_dict(node: Node) -> dict[str, Any]:
         "driver_version": node.driver_version,
         "cuda_driver_version": node.cuda_driver_version,
         "torch_cuda": node.torch_cuda,
+        "torch_version": node.torch_version,
         "spec": node.spec,
         "nvml_error": asdict(node.nvml_error) if node.nvml_error else None,
         "gpus": [asdict(g) for g in node.gpus],
@@ -75,6 +76,7 @@ def node_from_dict(data: dict[str, Any], *, replayed: bool = True) -> Node:
         p2p=p2p,
         spec=data.get("spec"),
         torch_cuda=data.get("torch_cuda"),
+        torch_version=data.get("torch_version"),  # optional: captures before it was recorded lack it
         # A node captured where NVML failed replays as that failure, not as a node without GPUs.
         nvml_error=NvmlUnavailable(**nvml_error) if nvml_error else None,
     )

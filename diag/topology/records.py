@@ -101,6 +101,18 @@ class Node:
     nvml_error: NvmlUnavailable | None = None
     spec: str | None = None  # the --simulate spec this node was made from
     torch_cuda: str | None = None  # recorded torch CUDA build of a simulated or replayed node
+    # The torch version `python -m diag topology` found where it captured the node (the eval environment when diag
+    # is installed there); None when the capture does not record it. With it, a null torch_cuda means that torch
+    # was not a CUDA build; without it, a null torch_cuda says nothing about the eval environment's torch.
+    torch_version: str | None = None
+
+    @property
+    def torch_recorded(self) -> bool:
+        """Whether this node says which torch the eval runs with: always for a simulated one (a CUDA build is
+        assumed), for a replayed one when the capture recorded it, never for the real node (the probe says)."""
+        if self.source == "simulated":
+            return True
+        return self.source == "file" and (self.torch_cuda is not None or self.torch_version is not None)
 
     @property
     def simulated(self) -> bool:
