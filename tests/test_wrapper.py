@@ -175,6 +175,8 @@ def test_a_report_path_of_the_user_is_read_from_the_current_folder(capsys, monke
     assert written.parent == tmp_path / "out" and "{" not in written.name
     assert wrapper.main(["--diag-report", "{user}.json", "--", "bash", "x.sh"]) == 2
     assert "has {user}: expected only the placeholders" in capsys.readouterr().err
+    assert wrapper.main(["--diag-report", "--", "bash", "x.sh"]) == 2
+    assert _said(capsys.readouterr().err) == ["error: --diag-report needs a value"]
 
 
 def test_without_the_separator_it_is_a_usage_error(capsys, monkeypatch, started):

@@ -240,13 +240,16 @@ def eval_env_line(env: Mapping[str, str]) -> str:
 
 
 def _take(diag_args: list[str], option: str) -> tuple[str | None, list[str]]:
-    """The value of `option` (last one wins, as in pytest) and the arguments without it."""
+    """The value of `option` (last one wins, as in pytest) and the arguments without it; ValueError when the
+    option ends the arguments without its value."""
     value, rest, index = None, [], 0
     while index < len(diag_args):
         arg = diag_args[index]
         if arg.startswith(option + "="):
             value = arg.split("=", 1)[1]
-        elif arg == option and index + 1 < len(diag_args):
+        elif arg == option:
+            if index + 1 >= len(diag_args):
+                raise ValueError(f"{option} needs a value")
             value = diag_args[index + 1]
             index += 1
         else:
@@ -359,10 +362,10 @@ def main(argv: Sequence[str]) -> int:
     if checks is None:
         _say("error: the diag.checks package is missing: reinstall diag (pip install -e . from its clone)")
         return USAGE_ERROR
-    given_report, diag_args = _take(diag_args, "--diag-report")
     try:
+        given_report, diag_args = _take(diag_args, "--diag-report")
         report_file = report_target(given_report, Path.cwd(), os.environ)
-    except ValueError as exc:  # ReportPathError
+    except ValueError as exc:  # no value, or a ReportPathError
         _say(f"error: {exc}")
         return USAGE_ERROR
     diag_args += ["--diag-report", str(report_file)]
@@ -398,10 +401,8 @@ def main(argv: Sequence[str]) -> int:
     if returncode != 0:
         _say(f"checks failed (pytest exit code {returncode}): {_count(failures, 'failure')}, "
              f"{_count(warnings, 'warning')}" + (":" if failures or warnings else ""))  # fmt: skip
-        passed = ""
     else:
-        passed = f"checks passed with {_count(warnings, 'warning')}" if warnings else "every check passed"
-        _say(passed + (":" if warnings else ""))
+        _say(f"checks passed with {_count(warnings, 'warning')}:" if warnings else "every check passed")
     for line in [*failures, *warnings]:
         _say(f"  {line}")
     if plan.error:
