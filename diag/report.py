@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import string
 import sys
 import tempfile
@@ -24,6 +25,7 @@ DEFAULT_PATH = "reports/diag-report.json"
 RANK_PATH = "reports/diag-report-{host}-rank{rank}.json"  # the default under a launcher: one report per rank
 PLACEHOLDERS = ("rank", "host")
 REDACTED = "<redacted>"
+EVAL_COMMAND_OPTION = "--eval-command"
 _SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 _ENV_PREFIXES = ("CUDA_", "NCCL_", "SLURM_", "HF_", "TRANSFORMERS_", "ACCELERATE_", "PYTORCH_", "TORCH_")
 _ENV_NAMES = frozenset(
@@ -53,17 +55,40 @@ _SECRET_VALUE = re.compile(
 
 def redacted_command(args: Sequence[str]) -> str:
     """The command line with `key=value` secrets (`token=…` in --model-args) and `--hf-token X` hidden."""
+    return " ".join(_redacted_args(args))
+
+
+def redacted_shell_command(args: Sequence[str]) -> str:
+    """The same, shell-quoted, so the line can be pasted (with the secrets filled back in)."""
+    return shlex.join(_redacted_args(args))
+
+
+def _redacted_args(args: Sequence[str]) -> list[str]:
     out: list[str] = []
-    hide_next = False
+    hide_next = inner_next = False
     for arg in args:
         if hide_next:
             out.append(REDACTED)
             hide_next = False
             continue
+        if inner_next or arg.startswith(EVAL_COMMAND_OPTION + "="):  # a whole command line in one argument
+            out.append(_redacted_inner(arg))
+            inner_next = False
+            continue
         if arg.startswith("--") and "=" not in arg and is_secret_name(arg):
             hide_next = True
+        inner_next = arg == EVAL_COMMAND_OPTION
         out.append(_SECRET_VALUE.sub(lambda m: f"{m['key']}={REDACTED}", arg))
-    return " ".join(out)
+    return out
+
+
+def _redacted_inner(arg: str) -> str:
+    """--eval-command's value (a shell-quoted command line) redacted as a command of its own."""
+    prefix, value = (arg.split("=", 1)[0] + "=", arg.split("=", 1)[1]) if arg.startswith("--") else ("", arg)
+    try:
+        return prefix + redacted_shell_command(shlex.split(value))
+    except ValueError:  # not a shell command line (an open quote): its words redacted one by one
+        return prefix + " ".join(_redacted_args(value.split()))
 
 
 def _version(dist: str) -> str | None:
@@ -171,16 +196,19 @@ def build_report(
     overridden: Mapping[str, str | None] | None = None,
     host: str | None = None,
     launch: Mapping[str, Any] | None = None,
+    eval_command: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The whole report as JSON data (DESIGN.md's `diag-report/1`; fields beyond it are additions, never renames).
 
     `host` is the machine that ran the checks; `launch` this process's place in a launched job (rank, world size,
-    local rank, launcher, rendezvous), None when no launcher started it.
+    local rank, launcher, rendezvous), None when no launcher started it. `eval_command` the eval command the
+    checks were for (--eval-command, which `python -m diag run` passes), redacted like `command` and shell-quoted.
     """
     return {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": redacted_command(command),
+        "eval_command": redacted_shell_command(eval_command) if eval_command is not None else None,
         "host": host,
         "launch": dict(launch) if launch is not None else None,
         "environment": environment_section(topology, environ, overridden),

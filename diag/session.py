@@ -157,6 +157,7 @@ class DiagState:
             overridden=self.saved_env,
             host=ranks.hostname(),
             launch=_launch_section(),
+            eval_command=self.options.eval_command,
         )
 
     def write(self) -> None:

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
+import jsonschema
 import pytest
 
 from diag.launch import wrapper
 from diag.launch.commands import CommandError, recognise
+from diag.launch.findeval import find_eval
 from diag.launch.wrapper import checks_dir, plan_run
+from tests.conftest import SCHEMA
 
 LLAVA_HF = ["--model", "llava_hf", "--model_args", "pretrained=llava-hf/llava-1.5-7b-hf,device_map=auto"]
 
@@ -22,6 +27,29 @@ def clean_env(monkeypatch):
     for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "LOCAL_WORLD_SIZE", "WORLD_SIZE", "LOCAL_RANK",
                  "AUTO_SPLIT", "SLURM_NTASKS_PER_NODE", "SLURM_LOCALID"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def installed(tmp_path, monkeypatch):
+    """A machine where the evals can start: fake `lmms_eval` and `vlmeval` packages (on sys.path and PYTHONPATH),
+    `python`, `torchrun` and `accelerate` on PATH (scripts run by this interpreter), and the current folder a
+    VLMEvalKit checkout with its run.py."""
+    site, bin_dir, checkout = tmp_path / "site", tmp_path / "bin", tmp_path / "VLMEvalKit"
+    for package in (site / "lmms_eval", site / "vlmeval"):
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    for name in ("torchrun", "accelerate"):
+        (bin_dir / name).write_text(f"#!{sys.executable}\n")
+        (bin_dir / name).chmod(0o755)
+    checkout.mkdir()
+    (checkout / "run.py").write_text("")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(checkout)
+    return tmp_path
 
 
 @pytest.fixture
@@ -118,17 +146,34 @@ def test_the_lmms_eval_checkpoint_maps_to_a_preset_and_the_users_options_win():
 
 
 # -- the run -----------------------------------------------------------------------------------------------------
-def test_dry_run_prints_the_pytest_command_and_runs_nothing(capsys, monkeypatch, started):
+def test_dry_run_prints_the_pytest_command_and_runs_nothing(capsys, monkeypatch, started, installed):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("--dry-run ran something"))
-    code = wrapper.main(["--simulate", "8xA100-80GB", "--dry-run", "--", "torchrun", "--nproc-per-node", "2", "run.py",
-                         "--data", "MME", "--model", "InternVL2-8B"])  # fmt: skip
+    command = ["torchrun", "--nproc-per-node", "2", "run.py", "--data", "MME", "--model", "InternVL2-8B"]
+    code = wrapper.main(["--simulate", "8xA100-80GB", "--dry-run", "--", *command])
     out, err = capsys.readouterr()
     assert code == 0 and not started
-    assert out.strip() == " ".join([sys.executable, "-m", "pytest", str(checks_dir()), "-p", "diag.plugin",
-                                    "-p", "no:cacheprovider", "--eval-kit", "vlmevalkit", "--processes", "2",
-                                    "--model", "internvl2-8b", "--simulate", "8xA100-80GB"])  # fmt: skip
+    report = installed / "VLMEvalKit" / "reports" / "diag-report.json"  # the current folder's, by default
+    assert out.strip() == shlex.join([sys.executable, "-m", "pytest", str(checks_dir()), "-p", "diag.plugin",
+                                      "-p", "no:cacheprovider", "--eval-kit", "vlmevalkit", "--processes", "2",
+                                      "--model", "internvl2-8b", "--eval-command", shlex.join(command),
+                                      "--simulate", "8xA100-80GB", "--diag-report", str(report)])  # fmt: skip
     assert "VLMEvalKit run.py slices: rank 0 GPUs 4,5; rank 1 GPUs 6,7" in err
+    assert "the eval's environment: CUDA_VISIBLE_DEVICES=4,5,6,7, CUDA_DEVICE_ORDER unset (FASTEST_FIRST)" in err
+
+
+def test_a_report_path_of_the_user_is_read_from_the_current_folder(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("--dry-run ran something"))
+    assert wrapper.main(["--diag-report=out/{host}.json", "--dry-run", "--", "bash", "x.sh"]) == 0
+    argv = shlex.split(capsys.readouterr().out)
+    assert argv.count("--diag-report") == 1 and not any(a.startswith("--diag-report=") for a in argv)
+    written = Path(argv[argv.index("--diag-report") + 1])
+    assert written.parent == tmp_path / "out" and "{" not in written.name
+    assert wrapper.main(["--diag-report", "{user}.json", "--", "bash", "x.sh"]) == 2
+    assert "has {user}: expected only the placeholders" in capsys.readouterr().err
+    assert wrapper.main(["--diag-report", "--", "bash", "x.sh"]) == 2
+    assert _said(capsys.readouterr().err) == ["error: --diag-report needs a value"]
 
 
 def test_without_the_separator_it_is_a_usage_error(capsys, monkeypatch, started):
@@ -145,32 +190,53 @@ def test_an_empty_command_still_runs_the_environment_checks_and_starts_nothing(c
     assert "no COMMAND after `--`" in capsys.readouterr().err and not started
 
 
+def _said(err):
+    """The wrapper's own lines on stderr, without their `diag: ` prefix."""
+    return [line.removeprefix("diag: ") for line in err.splitlines() if line.startswith("diag: ")]
+
+
 def _report(path):
     return {c["nodeid"].split("::")[-1]: c for c in json.loads(path.read_text())["checks"]}
 
 
-def test_two_lmms_eval_processes_with_auto_fail_and_the_command_is_not_started(tmp_path, capsys, started):
+def test_two_lmms_eval_processes_with_auto_fail_and_the_command_is_not_started(tmp_path, capsys, started, installed):
     report = tmp_path / "r.json"
     command = ["accelerate", "launch", "--num_processes", "2", "-m", "lmms_eval", *LLAVA_HF, "--tasks", "mme"]
     code = wrapper.main(["--simulate", "2xA100-80GB", "--diag-report", str(report), "-q", "--", *command])
     assert code == 1 and not started
     checks = _report(report)
     assert checks["test_lmms_eval_does_not_combine_processes_with_device_map_auto"]["code"] == "LAYOUT-002"
-    assert "checks failed (pytest exit code 1): not starting accelerate launch" in capsys.readouterr().err
+    lines = _said(capsys.readouterr().err)
+    decision = lines.index(next(line for line in lines if line.startswith("checks failed (pytest exit code 1): ")))
+    assert lines[decision + 1].startswith("  LAYOUT-002 ")  # the wrapper lists the failure with its fix
+    assert (
+        lines[-1].startswith("not starting accelerate launch --num_processes 2 -m lmms_eval")
+        and "Traceback" not in lines
+    )
 
 
-def test_one_lmms_eval_process_with_auto_passes_and_the_command_starts_unchanged(tmp_path, started):
+def test_one_lmms_eval_process_with_auto_passes_and_the_command_starts_unchanged(tmp_path, capsys, started, installed):
     report = tmp_path / "r.json"
     command = ["python", "-m", "lmms_eval", *LLAVA_HF, "--tasks", "mme"]
-    code = wrapper.main(["--simulate", "2xA100-80GB", "--gpus", "0,1", "--diag-report", str(report), "-q", "--",
-                         *command])  # fmt: skip
+    code = wrapper.main(["--simulate", "2xA100-80GB", "--gpus", "0,1", "--diag-report", str(report), "-q",
+                         "--start-anyway", "--", *command])  # fmt: skip
     assert code == 0
     assert [(file, args) for file, args, _ in started] == [("python", command)]
     assert started[0][2]["CUDA_VISIBLE_DEVICES"] == "0,1" and started[0][2]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert _report(report)["test_lmms_eval_does_not_combine_processes_with_device_map_auto"]["outcome"] == "passed"
+    lines = _said(capsys.readouterr().err)
+    assert (
+        f"found lmms_eval: {installed / 'site' / 'lmms_eval' / '__init__.py'} (found by {installed / 'bin' / 'python'})"
+        in lines
+    )
+    assert lines[-2:] == [
+        "the eval's environment: CUDA_VISIBLE_DEVICES=0,1, CUDA_DEVICE_ORDER=PCI_BUS_ID",
+        f"the node checked was simulated (--simulate), not this machine's: starting anyway (--start-anyway): "
+        f"{shlex.join(command)}",
+    ]
 
 
-def test_vlmevalkit_torchrun_over_four_gpus_checks_two_slices(tmp_path, monkeypatch, capfd, started):
+def test_vlmevalkit_torchrun_over_four_gpus_checks_two_slices(tmp_path, monkeypatch, capfd, started, installed):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     report = tmp_path / "r.json"
     command = ["torchrun", "--nproc-per-node", "2", "run.py", "--data", "MME", "--model", "InternVL2-8B"]
@@ -184,9 +250,15 @@ def test_vlmevalkit_torchrun_over_four_gpus_checks_two_slices(tmp_path, monkeypa
         # InternVL2-8B's InternLM2 moves its logits back to the input's GPU (InternVL PR #132), so the head on the
         # slice's second GPU does not fail the InternVL #587 way, on transformers < 4.46 either.
         assert (twin["outcome"], twin["code"]) == ("passed", None)
-    assert (code, [args for _, args, _ in started]) == (0, [command])
+    # Passed, but the eval is not started after checking a simulated node (no --start-anyway).
+    assert (code, started) == (wrapper.NOT_THIS_NODE, [])
     out, err = capfd.readouterr()
     assert "VLMEvalKit run.py slices: rank 0 GPUs 4,5; rank 1 GPUs 6,7" in err
+    assert _said(err)[-1] == (
+        f"not starting {shlex.join(command)}: the node checked was simulated (--simulate), not this machine's "
+        "(exit code 6); check this machine by leaving out --simulate/--topology, or give --start-anyway before "
+        "`--` to start it all the same"
+    )
     assert "plan for rank0-gpus4,5-internvl2-8b-auto:" in out and "plan for rank1-gpus6,7-internvl2-8b-auto:" in out
 
 
@@ -216,11 +288,12 @@ def _diag_run(tmp_path, *args):
 
 def test_an_unknown_command_gets_the_environment_checks_and_is_started_for_real(tmp_path):
     marker = tmp_path / "started"
-    result = _diag_run(tmp_path, "--simulate", "2xA100-80GB", "--", sys.executable, "-c",
+    result = _diag_run(tmp_path, "--simulate", "2xA100-80GB", "--start-anyway", "--", sys.executable, "-c",
                        f"open({str(marker)!r}, 'w').write('yes')")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert marker.read_text() == "yes"
     assert "not a command diag recognises" in result.stderr
+    assert "diag: the node checked was simulated (--simulate), not this machine's: starting anyway" in result.stderr
 
 
 def test_a_failed_environment_check_keeps_the_command_from_starting(tmp_path):
@@ -229,3 +302,309 @@ def test_a_failed_environment_check_keeps_the_command_from_starting(tmp_path):
                        f"open({str(marker)!r}, 'w').write('yes')")  # fmt: skip
     assert result.returncode == 1 and not marker.exists()
     assert "ENV-002" in result.stdout and "not starting" in result.stderr
+
+
+# -- help --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_the_options_exit_codes_and_examples(capsys, monkeypatch, flag):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("help ran something"))
+    assert wrapper.main(["--simulate", "8xA100-80GB", flag]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m diag run [diag options] [--dry-run] [--start-anyway] -- COMMAND")
+    for option in ("--dry-run", "--start-anyway", "--gpus IDS", "--simulate SPEC", "--topology PATH", "--model ",
+                   "--device-map VALUE", "--model-args STRING", "--processes N", "--diag-report PATH"):  # fmt: skip
+        assert f"\n  {option}" in out, option
+    assert "--eval-command" not in out  # the wrapper fills it in itself
+    assert "-m lmms_eval --model llava_hf" in out and "torchrun --nproc-per-node 2 run.py --data MME" in out
+    assert f"\n  {wrapper.NOT_THIS_NODE}  " in out and f"\n  {wrapper.EVAL_NOT_FOUND}  " in out
+
+
+def test_help_after_the_separator_belongs_to_the_command(capsys, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("--dry-run ran something"))
+    assert wrapper.main(["--dry-run", "--", "bash", "eval.sh", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage:" not in out and out.rstrip().endswith(
+        "--eval-command 'bash eval.sh --help' --diag-report "
+        + shlex.quote(str(Path.cwd() / "reports" / "diag-report.json"))
+    )
+
+
+def test_diag_help_lists_run_and_run_help_exits_0():
+    from diag.__main__ import _parser
+
+    text = " ".join(_parser().format_help().split())  # argparse wraps the lines
+    assert "{topology,fix-codes,merge,run}" in text
+    assert "run run the checks an eval command implies, then the command if they pass: run [diag options] " \
+           "[--dry-run] [--start-anyway] -- COMMAND … (run --help: its options)" in text  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "diag", "run", "-h"], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (0, "") and result.stdout.startswith("usage: python -m diag run")
+
+
+# -- a node that is not this machine's -----------------------------------------------------------------------------
+def test_a_replayed_node_is_checked_but_the_command_is_not_started(tmp_path, capsys, started):
+    from diag.__main__ import main as diag_main
+
+    assert diag_main(["topology", "--simulate", "2xA100-80GB"]) == 0
+    node = tmp_path / "node.json"
+    node.write_text(capsys.readouterr().out)
+    report = tmp_path / "r.json"
+    code = wrapper.main(["--topology", str(node), "--diag-report", str(report), "-q", "--", sys.executable, "-c", "1"])
+    assert (code, started) == (wrapper.NOT_THIS_NODE, [])
+    assert json.loads(report.read_text())["summary"]["failed"] == 0  # the checks ran, and passed
+    said = _said(capsys.readouterr().err)
+    assert said[-3:-1] == ["every check passed", "the eval's environment: CUDA_VISIBLE_DEVICES unset (every GPU), "
+                                                 "CUDA_DEVICE_ORDER unset (FASTEST_FIRST)"]  # fmt: skip
+    assert said[-1].startswith(f"not starting {sys.executable} -c 1: the node checked was replayed from a file "
+                               "(--topology), not this machine's (exit code 6)")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("source", "args", "elsewhere"),
+    [("nvml", ["--simulate", "2xA100-80GB"], None),  # the report says what was checked
+     ("simulated", [], "simulated (--simulate)"), ("file", [], "replayed from a file (--topology)"),
+     (None, ["--topology=n.json"], "replayed from a file (--topology)"), (None, [], None)],
+)  # fmt: skip
+def test_what_node_was_checked_comes_from_the_report_else_from_the_options(source, args, elsewhere):
+    report = None if source is None else {"topology": {"source": source}}
+    assert wrapper._checked_elsewhere(report, args) == elsewhere
+
+
+# -- the eval's executable, module and script --------------------------------------------------------------------
+def _fake_module(folder, name):
+    (folder / name).mkdir(parents=True)
+    (folder / name / "__init__.py").write_text("")
+    return folder / name / "__init__.py"
+
+
+def test_lmms_eval_missing_from_this_interpreter_is_one_line_with_the_fix(tmp_path):
+    command = [sys.executable, "-m", "lmms_eval", "--model", "llava"]
+    found = find_eval(command, recognise(command, {}), dict(os.environ), str(tmp_path))
+    assert found.missing == f"lmms_eval is not importable by {sys.executable}: pip install lmms-eval in that " \
+                            "environment (or activate the environment lmms-eval is installed in)"  # fmt: skip
+
+
+def test_lmms_eval_on_sys_path_is_found_by_this_interpreter(tmp_path, monkeypatch):
+    origin = _fake_module(tmp_path / "site", "lmms_eval")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    command = [sys.executable, "-m", "lmms_eval", "--model", "llava"]
+    found = find_eval(command, recognise(command, {}), dict(os.environ), str(tmp_path))
+    assert found.missing is None
+    assert found.lines == [f"{sys.executable}: {sys.executable}", f"lmms_eval: {origin} (found by {sys.executable})"]
+
+
+def _launcher(folder, name, first_line):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(first_line + "\n")
+    (folder / name).chmod(0o755)
+    return folder / name
+
+
+def test_accelerate_not_on_path_is_one_line_with_the_fix(tmp_path):
+    command = ["accelerate", "launch", "--num_processes", "2", "-m", "lmms_eval", "--model", "llava"]
+    found = find_eval(command, recognise(command, {}), {"PATH": str(tmp_path)}, str(tmp_path))
+    assert found.missing == "accelerate is not on PATH: pip install accelerate in the eval's environment, or " \
+                            "activate that environment"  # fmt: skip
+
+
+def test_the_module_is_looked_up_by_the_launchers_own_interpreter(tmp_path):
+    """accelerate runs `-m lmms_eval` with the python on its first line: that one is asked, not diag's."""
+    other = tmp_path / "other" / "python3"
+    other.parent.mkdir()
+    other.symlink_to(sys.executable)  # another path: asked in a child process, with the eval's environment
+    _launcher(tmp_path / "bin", "accelerate", f"#!{other}")
+    origin = _fake_module(tmp_path / "site", "lmms_eval")
+    command = ["accelerate", "launch", "--num_processes", "2", "-m", "lmms_eval", "--model", "llava"]
+    env = {"PATH": str(tmp_path / "bin"), "PYTHONPATH": str(tmp_path / "site")}
+    found = find_eval(command, recognise(command, {}), env, str(tmp_path))
+    assert found.missing is None and found.lines[-1] == f"lmms_eval: {origin} (found by {other})"
+    found = find_eval(command, recognise(command, {}), {"PATH": str(tmp_path / "bin")}, str(tmp_path))
+    assert found.missing is not None and found.missing.startswith(
+        f"lmms_eval is not importable by {other}: pip install"
+    )
+
+
+@pytest.mark.parametrize(
+    ("head", "interpreter"),
+    [("#!/opt/venv/bin/python3.11", "/opt/venv/bin/python3.11"),
+     ("#!/bin/sh\n'''exec' \"/a/long/path/venv/bin/python\" \"$0\" \"$@\"\n' '''", "/a/long/path/venv/bin/python"),
+     ("#!/usr/bin/env python3", "ENV"), ("#!/bin/bash", None), ("no shebang", None)],
+)  # fmt: skip
+def test_the_interpreter_of_a_launcher_script_is_read_from_its_first_lines(tmp_path, head, interpreter):
+    from diag.launch.findeval import _shebang_interpreter
+
+    _launcher(tmp_path / "bin", "python3", "#!/bin/sh")  # what `env python3` finds on PATH
+    script = _launcher(tmp_path, "torchrun", head)
+    expected = str(tmp_path / "bin" / "python3") if interpreter == "ENV" else interpreter
+    assert _shebang_interpreter(str(script), str(tmp_path / "bin")) == expected
+
+
+def test_vlmevalkit_run_py_must_be_in_the_current_folder(tmp_path):
+    command = [sys.executable, "run.py", "--data", "MME", "--model", "InternVL2-8B"]
+    found = find_eval(command, recognise(command, {}), dict(os.environ), str(tmp_path))
+    assert found.missing == f"run.py is not in {tmp_path}: cd into the VLMEvalKit checkout (where run.py is) and " \
+                            "run the command there, or give run.py's path"  # fmt: skip
+
+
+def test_vlmeval_is_found_beside_run_py_as_python_would_find_it(tmp_path):
+    checkout = tmp_path / "VLMEvalKit"
+    checkout.mkdir()
+    (checkout / "run.py").write_text("")
+    command = [sys.executable, "VLMEvalKit/run.py", "--data", "MME", "--model", "InternVL2-8B"]
+    found = find_eval(command, recognise(command, {}), dict(os.environ), str(tmp_path))
+    assert found.missing == f"vlmeval is not importable by {sys.executable}: run from the VLMEvalKit checkout and " \
+                            "install it there: cd VLMEvalKit && pip install -e ."  # fmt: skip
+    origin = _fake_module(checkout, "vlmeval")  # not on sys.path: found in run.py's folder
+    found = find_eval(command, recognise(command, {}), dict(os.environ), str(tmp_path))
+    assert found.missing is None and found.lines[1:] == [
+        f"VLMEvalKit/run.py: {checkout / 'run.py'}", f"vlmeval: {origin} (found by {sys.executable})"]  # fmt: skip
+
+
+def test_a_missing_module_is_said_before_the_checks_and_the_eval_is_not_started(tmp_path, capsys, monkeypatch,
+                                                                                 started):  # fmt: skip
+    said_before: list[str] = []
+
+    def checks(argv, check):
+        said_before.extend(_said(capsys.readouterr().err))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(subprocess, "run", checks)
+    command = [sys.executable, "-m", "lmms_eval", *LLAVA_HF]
+    code = wrapper.main(["--diag-report", str(tmp_path / "r.json"), "--", *command])
+    assert (code, started) == (wrapper.EVAL_NOT_FOUND, [])
+    assert f"error: lmms_eval is not importable by {sys.executable}: pip install lmms-eval in that environment " \
+           "(or activate the environment lmms-eval is installed in)" in said_before  # fmt: skip
+    assert _said(capsys.readouterr().err)[-1] == f"not starting {shlex.join(command)}: lmms_eval is not importable " \
+                                                 f"by {sys.executable}: pip install lmms-eval in that environment " \
+                                                 "(or activate the environment lmms-eval is installed in)"  # fmt: skip
+
+
+# -- failures and warnings before the decision -------------------------------------------------------------------
+def _check(nodeid, outcome="passed", code=None, fix=None, subject=None, warnings=()):
+    return {"nodeid": nodeid, "outcome": outcome, "code": code, "subject": subject, "message": "m",
+            "fix": {"summary": fix} if fix else None, "warnings": list(warnings)}  # fmt: skip
+
+
+SPLIT_WARNING = {
+    "code": "SPLIT-001",
+    "message": "VLMEvalKit before Dec 30 would address cuda:0-7.",
+    "fix": "Update it.",
+}
+MAP_WARNING = {"code": "MAP-005", "message": "the map names layers.32", "fix": "Use the corrected map m.json."}
+
+
+def test_report_lines_give_each_failure_and_warning_once_with_its_code_and_fix():
+    report = {"checks": [
+        _check("a[rank0]", warnings=[SPLIT_WARNING, MAP_WARNING]), _check("a[rank1]", warnings=[SPLIT_WARNING]),
+        _check("b", "failed", "ENV-006", "Use free GPUs: --gpus 1,2.", "GPU 0"), _check("c", "error", "DIAG-003", "x"),
+    ]}  # fmt: skip
+    failures, warnings = wrapper.report_lines(report)
+    assert failures == ["ENV-006 GPU 0: Use free GPUs: --gpus 1,2.", "DIAG-003: x"]
+    assert warnings == ["SPLIT-001: VLMEvalKit before Dec 30 would address cuda:0-7; fix: Update it.",
+                        "MAP-005: the map names layers.32; fix: Use the corrected map m.json."]  # fmt: skip
+
+
+def _fake_checks(monkeypatch, report, returncode=0):
+    """pytest replaced by a run that writes `report` where the wrapper asked for it."""
+
+    def run(argv, check):
+        Path(argv[argv.index("--diag-report") + 1]).write_text(json.dumps(report))
+        return subprocess.CompletedProcess(argv, returncode)
+
+    monkeypatch.setattr(subprocess, "run", run)
+
+
+def test_warnings_are_listed_and_never_called_every_check_passed(tmp_path, capsys, monkeypatch, started):
+    _fake_checks(
+        monkeypatch, {"topology": {"source": "nvml"}, "checks": [_check("a", warnings=[SPLIT_WARNING, MAP_WARNING])]}
+    )
+    command = [sys.executable, "-c", "1"]
+    assert wrapper.main(["--diag-report", str(tmp_path / "r.json"), "--", *command]) == 0
+    said = _said(capsys.readouterr().err)
+    assert "every check passed" not in " ".join(said)
+    assert said[-5:] == ["checks passed with 2 warnings:",
+                         "  SPLIT-001: VLMEvalKit before Dec 30 would address cuda:0-7; fix: Update it.",
+                         "  MAP-005: the map names layers.32; fix: Use the corrected map m.json.",
+                         "the eval's environment: CUDA_VISIBLE_DEVICES unset (every GPU), CUDA_DEVICE_ORDER unset "
+                         "(FASTEST_FIRST)", f"starting {shlex.join(command)}"]  # fmt: skip
+    assert [args for _, args, _ in started] == [command]  # the report said nvml: this machine's node
+
+
+def test_failures_and_warnings_are_listed_before_not_starting(tmp_path, capsys, monkeypatch, started):
+    failed = _check("a", "failed", "ENV-006", "Use free GPUs: --gpus 1,2.", "GPU 0", warnings=[SPLIT_WARNING])
+    _fake_checks(monkeypatch, {"topology": {"source": "nvml"}, "checks": [failed]}, 1)
+    assert wrapper.main(["--diag-report", str(tmp_path / "r.json"), "--", sys.executable, "-c", "1"]) == 1
+    said = _said(capsys.readouterr().err)
+    assert said[-4:] == ["checks failed (pytest exit code 1): 1 failure, 1 warning:",
+                         "  ENV-006 GPU 0: Use free GPUs: --gpus 1,2.",
+                         "  SPLIT-001: VLMEvalKit before Dec 30 would address cuda:0-7; fix: Update it.",
+                         f"not starting {sys.executable} -c 1: fix the failures above"]  # fmt: skip
+    assert not started
+
+
+def test_the_warnings_of_a_real_run_reach_the_terminal_before_the_decision(tmp_path, monkeypatch, capfd, started,
+                                                                           installed):  # fmt: skip
+    """AUTO_SPLIT over 3 GPUs: SPLIT-001 (VLMEvalKit of Dec 2024 assumed 8 GPUs) is a warning of the run."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    monkeypatch.setenv("AUTO_SPLIT", "1")
+    report = tmp_path / "r.json"
+    command = ["torchrun", "--nproc-per-node", "1", "run.py", "--data", "MME", "--model", "InternVL2-8B"]
+    code = wrapper.main(["--simulate", "8xA100-80GB", "--diag-report", str(report), "-q", "--", *command])
+    warnings = [w for c in json.loads(report.read_text())["checks"] for w in c["warnings"]]
+    assert "SPLIT-001" in {w["code"] for w in warnings}
+    said = _said(capfd.readouterr().err)
+    if code == 1:  # a stack where a check of this run fails: the warnings are listed with the failures
+        assert any(line.startswith("checks failed (pytest exit code 1): ") for line in said)
+    else:
+        assert code == wrapper.NOT_THIS_NODE and "every check passed" not in said
+        head = said.index(f"checks passed with {len({(w['code'], w['message']) for w in warnings})} warnings:")
+        assert said[head + 1 :][-2] == "the eval's environment: CUDA_VISIBLE_DEVICES=4,5,6, CUDA_DEVICE_ORDER unset " \
+                                       "(FASTEST_FIRST), AUTO_SPLIT=1"  # fmt: skip
+    assert any(line.startswith("  SPLIT-001: VLMEvalKit from Dec 9 to Dec 30 2024") for line in said)
+    assert not started
+
+
+# -- the eval command reaches the checks and the report ----------------------------------------------------------
+def test_the_report_records_the_eval_command_with_its_secrets_redacted(tmp_path, started):
+    report = tmp_path / "r.json"
+    command = [sys.executable, "-c", "1", "--model_args", "pretrained=x/y,token=hf_SECRET123", "--hf-token", "hf_S2"]
+    code = wrapper.main(["--simulate", "2xA100-80GB", "--diag-report", str(report), "-q", "--", *command])
+    assert code == wrapper.NOT_THIS_NODE
+    text = report.read_text()
+    assert "hf_SECRET123" not in text and "hf_S2" not in text  # neither in eval_command nor in pytest's command
+    data = json.loads(text)
+    redacted = [
+        sys.executable,
+        "-c",
+        "1",
+        "--model_args",
+        "pretrained=x/y,token=<redacted>",
+        "--hf-token",
+        "<redacted>",
+    ]
+    assert data["eval_command"] == shlex.join(redacted)
+    assert "--eval-command" in data["command"]
+    jsonschema.validate(data, SCHEMA)
+
+
+def test_a_report_without_an_eval_command_says_null():
+    from diag.report import build_report
+
+    assert (
+        build_report(command=["pytest"], topology=None, checks=[], duration_s=0.1, environ={})["eval_command"] is None
+    )
+    with_it = build_report(command=["pytest"], topology=None, checks=[], duration_s=0.1, environ={},
+                           eval_command=("lmms-eval", "--model_args", "pretrained=a b,api_key=k"))  # fmt: skip
+    assert with_it["eval_command"] == "lmms-eval --model_args 'pretrained=a b,api_key=<redacted>'"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["pytest", "--eval-command", "lmms-eval --hf-token hf_X --model_args token=hf_Y"],
+     ["pytest", "--eval-command=lmms-eval --hf-token hf_X --model_args token=hf_Y"],
+     ["pytest", "--eval-command", "lmms-eval --hf-token hf_X --model_args 'token=hf_Y"]],  # unbalanced quote
+)  # fmt: skip
+def test_the_eval_command_inside_pytests_command_is_redacted_as_a_command(args):
+    from diag.report import redacted_command
+
+    line = redacted_command(args)
+    assert "hf_X" not in line and "hf_Y" not in line and line.startswith("pytest --eval-command")

@@ -55,6 +55,8 @@ class EvalCommand:
     model_args: str | None = None
     other_models: tuple[str, ...] = ()  # VLMEvalKit: further --model names
     notes: tuple[str, ...] = field(default_factory=tuple)  # what could not be derived, and why
+    target: str | None = None  # the module (`lmms_eval`) or script (`run.py`) the command runs, as written
+    target_is_module: bool = False
 
 
 def _parse(parser: argparse.ArgumentParser, args: Sequence[str], what: str) -> argparse.Namespace:
@@ -102,11 +104,12 @@ def _vlmevalkit(args: Sequence[str], shape: str) -> EvalCommand:
 def _target(module: bool, script: str, args: Sequence[str], shape: str) -> EvalCommand | None:
     """The eval a launcher or python starts: lmms-eval, VLMEvalKit's run.py, or (None) something else."""
     name = PurePath(script).name
+    found = None
     if (module and script == "lmms_eval") or (not module and name in ("lmms-eval", "lmms_eval")):
-        return _lmms_eval(args, shape)
-    if not module and name == "run.py":
-        return _vlmevalkit(args, shape)
-    return None
+        found = _lmms_eval(args, shape)
+    elif not module and name == "run.py":
+        found = _vlmevalkit(args, shape)
+    return replace(found, target=script, target_is_module=module) if found else None
 
 
 def _accelerate(command: Sequence[str], env: Mapping[str, str]) -> EvalCommand | None:
@@ -175,7 +178,7 @@ def _script(command: Sequence[str], env: Mapping[str, str]) -> EvalCommand | Non
     if name == "torchrun":
         return _torchrun(command[1:], env, "torchrun")
     if name in ("lmms-eval", "lmms_eval"):
-        return _lmms_eval(command[1:], name)
+        return replace(_lmms_eval(command[1:], name), target="lmms_eval", target_is_module=True)  # what it imports
     return None
 
 

@@ -9,20 +9,69 @@ The command itself (its argv) is started unchanged, with os.execvpe, so it repla
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shlex
 import subprocess
 import sys
+import textwrap
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from diag.launch.commands import LMMS_EVAL, VLMEVALKIT, CommandError, EvalCommand, recognise, vlmevalkit_checkpoint
+from diag.launch.findeval import find_eval
 
-USAGE = "python -m diag run [diag options] [--dry-run] -- COMMAND …"
+if TYPE_CHECKING:
+    import pytest
+
+USAGE = "python -m diag run [diag options] [--dry-run] [--start-anyway] -- COMMAND …"
 ENV_CHECKS = "test_env.py"
 LAYOUT_CHECKS = "test_layout.py"
-USAGE_ERROR = 2
+# Exit codes of the wrapper besides pytest's own (1 a check failed, 3 internal error, 4 pytest usage error).
+USAGE_ERROR = 2  # bad input: no `--`, an empty command, options that do not parse, a model without a preset
+NOT_THIS_NODE = 6  # the node checked was simulated or replayed, not this machine's, and --start-anyway not given
+EVAL_NOT_FOUND = 127  # the eval's executable, module (lmms_eval, vlmeval) or script (run.py) is not found
+EVAL_ENV_EXTRA = ("AUTO_SPLIT", "GPUS_PER_PROCESS", "LOCAL_WORLD_SIZE", "WORLD_SIZE", "PYTORCH_CUDA_ALLOC_CONF")
+WRAPPER_PASSES = ("--eval-command",)  # diag options the wrapper fills in itself: not in its help
+WRAPPER_HELP = {  # diag options whose meaning under the wrapper differs from pytest's
+    "--diag-report": "where the JSON report goes, relative to the current folder; default reports/diag-report.json "
+    "in the current folder. The wrapper reads it back to list the failures and warnings",
+}
+HELP = """usage: {usage}
+
+Runs the checks the eval COMMAND implies (the launcher, the process count, lmms-eval's --model and
+--model_args, VLMEvalKit's --model), prints their failures and warnings, and starts COMMAND unchanged only if
+every check passed, the eval's executable, module and script are found, and the node checked is this
+machine's. COMMAND starts with the GPUs the checks judged: diag's --gpus becomes CUDA_VISIBLE_DEVICES (with
+CUDA_DEVICE_ORDER=PCI_BUS_ID); without --gpus the environment's CUDA_VISIBLE_DEVICES is kept.
+
+options (before `--`; diag options win over what diag derives from COMMAND):
+{options}
+Other pytest options (-q, -v, -x, -n 2) are passed on to pytest.
+
+exit codes:
+  1 (or pytest's)  a check failed: COMMAND is not started
+  {usage_error}                bad input (no `--`, an empty COMMAND, options that do not parse, a model diag has
+                   no preset for): the checks that can still run do; COMMAND is not started
+  {not_this_node}                the node checked was simulated (--simulate) or replayed (--topology): COMMAND is not
+                   started without --start-anyway
+  {not_found}              the eval's executable, lmms_eval / vlmeval module or run.py is not found, or it cannot start
+  (none)           COMMAND started: it replaces this process, so its exit code is the eval's
+
+examples:
+  python -m diag run -- accelerate launch --num_processes 2 -m lmms_eval --model llava_hf \\
+      --model_args pretrained=llava-hf/llava-1.5-7b-hf --tasks mme
+  python -m diag run --gpus 4,5,6,7 -- python -m lmms_eval --model llava_hf \\
+      --model_args pretrained=llava-hf/llava-v1.6-34b-hf,device_map=auto --tasks mme --batch_size 1
+  CUDA_VISIBLE_DEVICES=4,5,6,7 python -m diag run -- torchrun --nproc-per-node 2 run.py --data MME \\
+      --model InternVL2-8B                       (VLMEvalKit: from its checkout)
+  python -m diag run --simulate 8xA100-80GB --dry-run -- torchrun --nproc-per-node 2 run.py --data MME \\
+      --model InternVL2-76B                      (prints the pytest command; runs nothing)
+  python -m diag run --simulate 8xA100-80GB --start-anyway -- …   (checks a simulated node, starts COMMAND here)
+"""
 
 
 @dataclass
@@ -34,6 +83,7 @@ class RunPlan:
     derived: list[str] = field(default_factory=list)  # "--model internvl2-76b (from --model InternVL2-76B)"
     not_derived: list[str] = field(default_factory=list)
     error: str | None = None  # bad input: the command is never started
+    found: EvalCommand | None = None  # how diag read the command (None: not recognised, or it does not parse)
 
 
 def checks_dir() -> Path | None:
@@ -109,7 +159,7 @@ def plan_run(command: Sequence[str], diag_args: Sequence[str], env: Mapping[str,
         unknown = f"{shlex.join(command[:3])} …: not a command diag recognises (launch layout, device map, memory, "
         return RunPlan(env_only, not_derived=[unknown + "same-device)"])
     targets = [str(checks)] if found.kit else [*env_only, str(checks / LAYOUT_CHECKS)]
-    plan = RunPlan(targets, not_derived=list(found.notes))
+    plan = RunPlan(targets, not_derived=list(found.notes), found=found)
     plan.derived.append(f"recognised: {found.shape}")
     if found.kit:
         _add(plan, diag_args, "--eval-kit", found.kit, "from the command")
@@ -159,10 +209,11 @@ def _environment_notes(plan: RunPlan, env: Mapping[str, str], found: EvalCommand
         plan.derived.append(f"VLMEvalKit run.py slices: {shown}")
 
 
-def pytest_command(plan: RunPlan, diag_args: Sequence[str]) -> list[str]:
-    """The pytest run: the plan's targets and options, then the user's diag options (which win)."""
+def pytest_command(plan: RunPlan, diag_args: Sequence[str], command: Sequence[str] = ()) -> list[str]:
+    """The pytest run: the plan's targets and options, the eval command, then the user's diag options (which win)."""
+    eval_command = ["--eval-command", shlex.join(command)] if command else []
     return [sys.executable, "-m", "pytest", *plan.targets, "-p", "diag.plugin", "-p", "no:cacheprovider",
-            *plan.options, *diag_args]  # fmt: skip
+            *plan.options, *eval_command, *diag_args]  # fmt: skip
 
 
 def _say(line: str) -> None:
@@ -178,20 +229,146 @@ def _command_env(diag_args: Sequence[str]) -> dict[str, str]:
     return env
 
 
+def eval_env_line(env: Mapping[str, str]) -> str:
+    """The GPU variables the eval starts with, as it will see them (unset ones say what that means)."""
+    shown = [f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env
+             else "CUDA_VISIBLE_DEVICES unset (every GPU)",
+             f"CUDA_DEVICE_ORDER={env['CUDA_DEVICE_ORDER']}" if "CUDA_DEVICE_ORDER" in env
+             else "CUDA_DEVICE_ORDER unset (FASTEST_FIRST)"]  # fmt: skip
+    shown += [f"{name}={env[name]}" for name in EVAL_ENV_EXTRA if name in env]
+    return "the eval's environment: " + ", ".join(shown)
+
+
+def _take(diag_args: list[str], option: str) -> tuple[str | None, list[str]]:
+    """The value of `option` (last one wins, as in pytest) and the arguments without it; ValueError when the
+    option ends the arguments without its value."""
+    value, rest, index = None, [], 0
+    while index < len(diag_args):
+        arg = diag_args[index]
+        if arg.startswith(option + "="):
+            value = arg.split("=", 1)[1]
+        elif arg == option:
+            if index + 1 >= len(diag_args):
+                raise ValueError(f"{option} needs a value")
+            value = diag_args[index + 1]
+            index += 1
+        else:
+            rest.append(arg)
+        index += 1
+    return value, rest
+
+
+def report_target(given: str | None, cwd: Path, env: Mapping[str, str]) -> Path:
+    """Where the wrapper's pytest run writes its report, as an absolute path the wrapper reads back afterwards:
+    --diag-report PATH (relative to the current folder, {rank}/{host} filled in), else reports/diag-report.json
+    in the current folder. Raises ReportPathError for a template with other placeholders."""
+    from diag.dist.ranks import hostname, launched_rank
+    from diag.report import DEFAULT_PATH, report_path
+
+    return report_path(given if given is not None else DEFAULT_PATH, cwd, launched_rank(env), hostname()).absolute()
+
+
+def _read_report(path: Path, since: float) -> dict[str, Any] | None:
+    """The report this run wrote; None when there is none (pytest stopped before writing it) or it is older."""
+    try:
+        if path.stat().st_mtime < since:
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def report_lines(report: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(failures, warnings) of a report, one line each with its code and fix, repeated lines once.
+
+    The wrapper's own formatter; when diag/summary.py's summary_lines lands, this is the one function to swap.
+    """
+    failures: list[str] = []
+    warnings: list[str] = []
+    for check in report.get("checks") or []:
+        if not isinstance(check, dict):
+            continue
+        if check.get("outcome") in ("failed", "error"):
+            fix = (check.get("fix") or {}).get("summary") or check.get("message") or ""
+            subject = f" {check['subject']}" if check.get("subject") else ""
+            line = f"{check.get('code') or '?'}{subject}: {fix}"
+            if line not in failures:
+                failures.append(line)
+        for warning in check.get("warnings") or []:
+            message = str(warning.get("message", "")).rstrip(". ")
+            line = f"{warning.get('code', '?')}: {message}; fix: {warning.get('fix', '')}"
+            if line not in warnings:
+                warnings.append(line)
+    return failures, warnings
+
+
+def _checked_elsewhere(report: Mapping[str, Any] | None, diag_args: Sequence[str]) -> str | None:
+    """How the node checked was not this machine's (simulated, replayed), or None when it was."""
+    source = (report or {}).get("topology", {}).get("source") if report else None
+    if source == "simulated" or (source is None and _given(diag_args, "--simulate")):
+        return "simulated (--simulate)"
+    if source == "file" or (source is None and _given(diag_args, "--topology")):
+        return "replayed from a file (--topology)"
+    return None
+
+
+def _help() -> str:
+    from diag.options import add_options
+
+    collector = _OptionCollector()
+    add_options(cast("pytest.Parser", collector))
+    rows = [(f"{names[0]} {metavar}" if metavar else names[0], WRAPPER_HELP.get(names[0], text))
+            for names, metavar, text in collector.options if names[0] not in WRAPPER_PASSES]  # fmt: skip
+    rows = [("--dry-run", "print the pytest command it would run, and run nothing"),
+            ("--start-anyway", "start COMMAND even though the node checked was simulated or replayed"),
+            ("-h, --help", "this help"), *rows]  # fmt: skip
+    width = max(len(name) for name, _ in rows) + 2
+    options = []
+    for name, text in rows:
+        wrapped = textwrap.wrap(text, 118 - width) or [""]
+        options += [f"  {name.ljust(width)}{wrapped[0]}", *(" " * (width + 2) + line for line in wrapped[1:])]
+    return HELP.format(usage=USAGE, options="\n".join(options), usage_error=USAGE_ERROR,
+                       not_this_node=NOT_THIS_NODE, not_found=EVAL_NOT_FOUND)  # fmt: skip
+
+
+class _OptionCollector:
+    """Stands in for pytest's parser to list diag's own options in the wrapper's help."""
+
+    def __init__(self) -> None:
+        self.options: list[tuple[tuple[str, ...], str | None, str]] = []
+
+    def getgroup(self, *args: object, **kwargs: object) -> _OptionCollector:
+        return self
+
+    def addoption(self, *names: str, **kwargs: Any) -> None:
+        self.options.append((names, kwargs.get("metavar"), str(kwargs.get("help", ""))))
+
+
 def main(argv: Sequence[str]) -> int:
     """`python -m diag run …`: returns the exit code, or does not return when the command starts."""
     args = list(argv)
+    split = args.index("--") if "--" in args else len(args)
+    if any(a in ("-h", "--help") for a in args[:split]):  # after `--` they belong to the command
+        print(_help(), flush=True)
+        return 0
     if "--" not in args:
-        _say(f"error: put the eval command after `--`: {USAGE}")
+        _say(f"error: put the eval command after `--`: {USAGE} (python -m diag run --help)")
         return USAGE_ERROR
-    split = args.index("--")
     diag_args, command = args[:split], args[split + 1 :]
-    dry_run = "--dry-run" in diag_args
-    diag_args = [a for a in diag_args if a != "--dry-run"]
+    dry_run, start_anyway = "--dry-run" in diag_args, "--start-anyway" in diag_args
+    diag_args = [a for a in diag_args if a not in ("--dry-run", "--start-anyway")]
     checks = checks_dir()
     if checks is None:
         _say("error: the diag.checks package is missing: reinstall diag (pip install -e . from its clone)")
         return USAGE_ERROR
+    try:
+        given_report, diag_args = _take(diag_args, "--diag-report")
+        report_file = report_target(given_report, Path.cwd(), os.environ)
+    except ValueError as exc:  # no value, or a ReportPathError
+        _say(f"error: {exc}")
+        return USAGE_ERROR
+    diag_args += ["--diag-report", str(report_file)]
     if command:
         plan = plan_run(command, diag_args, os.environ, checks)
     else:
@@ -203,22 +380,61 @@ def main(argv: Sequence[str]) -> int:
         _say(f"not derived: {line}")
     if plan.error:
         _say(f"error: {plan.error}")
-    pytest_argv = pytest_command(plan, diag_args)
+    env = _command_env(diag_args)
+    found = find_eval(command, plan.found, env, os.getcwd())
+    for line in found.lines:
+        _say(f"found {line}")
+    if found.missing:
+        _say(f"error: {found.missing}")
+    pytest_argv = pytest_command(plan, diag_args, command)
     if dry_run:
+        if command:
+            _say(eval_env_line(env))
         print(shlex.join(pytest_argv), flush=True)
         return USAGE_ERROR if plan.error else 0
+    started = time.time() - 1  # the report's mtime has a coarse clock on some file systems
     returncode = subprocess.run(pytest_argv, check=False).returncode
+    report = _read_report(report_file, started)
+    failures, warnings = report_lines(report) if report else ([], [])
+    if report is None:
+        _say(f"no report at {report_file}: the failures and warnings are in pytest's output above")
+    if returncode != 0:
+        _say(f"checks failed (pytest exit code {returncode}): {_count(failures, 'failure')}, "
+             f"{_count(warnings, 'warning')}" + (":" if failures or warnings else ""))  # fmt: skip
+    else:
+        _say(f"checks passed with {_count(warnings, 'warning')}:" if warnings else "every check passed")
+    for line in [*failures, *warnings]:
+        _say(f"  {line}")
     if plan.error:
         _say("not starting the command: " + ("the checks that could run passed, but " if returncode == 0 else "")
              + "the command itself is the problem above")  # fmt: skip
         return USAGE_ERROR
     if returncode != 0:
-        _say(f"checks failed (pytest exit code {returncode}): not starting {shlex.join(command)}")
+        also = f" (and {found.missing})" if found.missing else ""
+        _say(f"not starting {shlex.join(command)}: fix the failures above{also}")
         return returncode
-    _say(f"every check passed: starting {shlex.join(command)}")
+    if found.missing:
+        _say(f"not starting {shlex.join(command)}: {found.missing}")
+        return EVAL_NOT_FOUND
+    _say(eval_env_line(env))
+    elsewhere = _checked_elsewhere(report, diag_args)
+    if elsewhere and not start_anyway:
+        _say(f"not starting {shlex.join(command)}: the node checked was {elsewhere}, not this machine's (exit code "
+             f"{NOT_THIS_NODE}); check this machine by leaving out --simulate/--topology, or give --start-anyway "
+             "before `--` to start it all the same")  # fmt: skip
+        return NOT_THIS_NODE
+    if elsewhere:
+        _say(f"the node checked was {elsewhere}, not this machine's: starting anyway (--start-anyway): "
+             f"{shlex.join(command)}")  # fmt: skip
+    else:
+        _say(f"starting {shlex.join(command)}")
     try:
-        os.execvpe(command[0], command, _command_env(diag_args))
+        os.execvpe(command[0], command, env)
     except OSError as exc:
         _say(f"error: cannot start {command[0]}: {exc.strerror or exc}")
-        return 127
+        return EVAL_NOT_FOUND
     return 0  # only reached when execvpe is replaced (tests)
+
+
+def _count(items: Sequence[str], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
