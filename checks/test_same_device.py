@@ -12,19 +12,30 @@ from diag.checking import Check
 from diag.devicemap.cases import MapCase, write_map
 from diag.devicemap.fit import free_bytes_by_ordinal, resolve_map
 from diag.devicemap.plan import host_memory_bytes
+from diag.fixes import lookup
+from diag.roots import PlanView, load_snippet
 from diag.samedevice.verify import Verdict, check_run, forced_map
-from diag.topology.records import Topology
+from diag.session import state_of
+from diag.twins import ModelSpec
 
 pytestmark = pytest.mark.diag
 
 
-def _fix_lines(path: str) -> list[str]:
-    """How to use the fixed map: a script, and VLMEvalKit / lmms-eval where they accept one."""
-    return [
-        f"model = AutoModel.from_pretrained(path, device_map=json.load(open({path!r})), torch_dtype=torch.bfloat16)",
-        "VLMEvalKit: return this map from the model's split_model() (vlmeval/vlm/internvl/utils.py)",
-        "lmms-eval: --model_args takes only a string device_map; load the model in a script with this map",
-    ]
+def _fix_lines(spec: ModelSpec, path: str, kit: str | None) -> list[str]:
+    """How to use the fixed map: a loading snippet with the flags the family needs, and what each kit takes."""
+    checkpoint = spec.checkpoints[0] if spec.checkpoints else spec.name
+    lines = [load_snippet(spec.family, checkpoint, f"json.load(open({path!r}))")]
+    if spec.family == "internvl-chat":
+        lines.append("VLMEvalKit: return this map from split_model() in vlmeval/vlm/internvl/utils.py (InternVL's "
+                     "own split), or load the model in a script as above")  # fmt: skip
+    elif spec.family == "cogvlm":
+        lines.append("VLMEvalKit: load CogVLM with this map in vlmeval/vlm/cogvlm.py (its from_pretrained call), or "
+                     "plan with no_split_module_classes=['CogVLMDecoderLayer', 'TransformerLayer'] so each vision "
+                     "TransformerLayer stays whole")  # fmt: skip
+    if kit != "vlmevalkit":
+        lines.append("lmms-eval: --model_args takes only a string device_map; load the model in a script with this "
+                     "map")  # fmt: skip
+    return lines
 
 
 def _message(verdict: Verdict, map_text: str) -> str:
@@ -36,10 +47,11 @@ def _message(verdict: Verdict, map_text: str) -> str:
 
 
 def test_twin_runs_with_the_map(
-    twin_case: tuple[MapCase, bool], meta_model: torch.nn.Module, case_topology: Topology, check: Check,
-    report_dir: Path,
+    twin_case: tuple[MapCase, bool], meta_model: torch.nn.Module, plan_view: PlanView, check: Check,
+    report_dir: Path, request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
     case, forced = twin_case
+    case_topology = plan_view.topology
     assert case.model is not None and case.source is not None
     visible = len(case_topology.cuda.devices)
     if visible == 0:
@@ -70,14 +82,17 @@ def test_twin_runs_with_the_map(
         verdict.fixed_map is not None) else None  # fmt: skip
     if verdict.verified and path:
         summary = (f"Use the map diag wrote to {path} ({', '.join(verdict.cause.modules) or 'see details'}); the twin "
-                   "re-ran with it and passed.")  # fmt: skip
+                   f"re-ran with it and passed.{plan_view.note()}")  # fmt: skip
     elif path:
         summary = (
             f"diag's candidate map {path} did not pass either ({verdict.fixed_result and verdict.fixed_result.error})."
         )
     else:
         summary = None
+    if summary is None and plan_view.assumes is not None:
+        summary = lookup(verdict.cause.code).fix + plan_view.note()
+    kit = state_of(request.config).options.kit
     check.fail(verdict.cause.code, _message(verdict, map_text), summary,
                subject=verdict.result.module or case.model.name, device_map_file=path, verified=verdict.verified,
-               commands=_fix_lines(path) if path else [],
+               commands=_fix_lines(case.model, path, kit) if path else [], env=plan_view.env,
                details=json.dumps({"first_run": verdict.result.error, "devices": verdict.result.devices}))  # fmt: skip
