@@ -220,10 +220,12 @@ def test_model_fits_in_gpu_memory(
     worst = max(short, key=lambda r: r.shortfall_bytes)
     kit = state_of(request.config).options.kit
     if kit is not None:  # neither kit passes max_memory to from_pretrained: more or freer GPUs instead
-        need = gpus_needed(meta_model, map_case.model, strategy, largest, len(gpus) + 1)
+        start = len(gpus) + 1 if map_case.source.kind == "strategy" else 1  # a one-GPU map can spread first
+        need = gpus_needed(meta_model, map_case.model, strategy, largest, start)
         which, env, commands = _select_more(request, plan_view, need)
+        auto = "" if map_case.source.kind == "strategy" else "pass device_map=auto and "
         how = (
-            f"select {need} GPUs with {largest / gib:.0f} GiB free{which} (the planner then fits it)"
+            f"{auto}select {need} GPUs with {largest / gib:.0f} GiB free{which} (the planner then fits it)"
             if need
             else "select GPUs with more free memory, or load it in 8-bit/4-bit"
         )
