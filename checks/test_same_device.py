@@ -13,29 +13,11 @@ from diag.devicemap.cases import MapCase, write_map
 from diag.devicemap.fit import free_bytes_by_ordinal, resolve_map
 from diag.devicemap.plan import host_memory_bytes
 from diag.fixes import lookup
-from diag.roots import PlanView, load_snippet
+from diag.roots import PlanView, map_fix_lines
 from diag.samedevice.verify import Verdict, check_run, forced_map
 from diag.session import state_of
-from diag.twins import ModelSpec
 
 pytestmark = pytest.mark.diag
-
-
-def _fix_lines(spec: ModelSpec, path: str, kit: str | None) -> list[str]:
-    """How to use the fixed map: a loading snippet with the flags the family needs, and what each kit takes."""
-    checkpoint = spec.checkpoints[0] if spec.checkpoints else spec.name
-    lines = [load_snippet(spec.family, checkpoint, f"json.load(open({path!r}))")]
-    if spec.family == "internvl-chat":
-        lines.append("VLMEvalKit: return this map from split_model() in vlmeval/vlm/internvl/utils.py (InternVL's "
-                     "own split), or load the model in a script as above")  # fmt: skip
-    elif spec.family == "cogvlm":
-        lines.append("VLMEvalKit: load CogVLM with this map in vlmeval/vlm/cogvlm.py (its from_pretrained call), or "
-                     "plan with no_split_module_classes=['CogVLMDecoderLayer', 'TransformerLayer'] so each vision "
-                     "TransformerLayer stays whole")  # fmt: skip
-    if kit != "vlmevalkit":
-        lines.append("lmms-eval: --model_args takes only a string device_map; load the model in a script with this "
-                     "map")  # fmt: skip
-    return lines
 
 
 def _message(verdict: Verdict, map_text: str) -> str:
@@ -94,5 +76,5 @@ def test_twin_runs_with_the_map(
     kit = state_of(request.config).options.kit
     check.fail(verdict.cause.code, _message(verdict, map_text), summary,
                subject=verdict.result.module or case.model.name, device_map_file=path, verified=verdict.verified,
-               commands=_fix_lines(case.model, path, kit) if path else [], env=plan_view.env,
+               commands=map_fix_lines(case.model, path, kit) if path else [], env=plan_view.env,
                details=json.dumps({"first_run": verdict.result.error, "devices": verdict.result.devices}))  # fmt: skip

@@ -15,10 +15,14 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from diag.envfacts import busy_reasons, freest_gpus
 from diag.topology.records import CudaDevice, Gpu, SelectedGpu, Selection, Topology
 from diag.topology.selection import PCI_BUS_ID
+
+if TYPE_CHECKING:
+    from diag.twins import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,23 @@ def eval_command_with_model_args(command: Sequence[str], model_args: str) -> str
     return None
 
 
+def map_fix_lines(spec: ModelSpec, path: str, kit: str | None) -> list[str]:
+    """How to use the fixed map: a loading snippet with the flags the family needs, and what each kit takes."""
+    checkpoint = spec.checkpoints[0] if spec.checkpoints else spec.name
+    lines = [load_snippet(spec.family, checkpoint, f"json.load(open({path!r}))")]
+    if spec.family == "internvl-chat":
+        lines.append("VLMEvalKit: return this map from split_model() in vlmeval/vlm/internvl/utils.py (InternVL's "
+                     "own split), or load the model in a script as above")  # fmt: skip
+    elif spec.family == "cogvlm":
+        lines.append("VLMEvalKit: load CogVLM with this map in vlmeval/vlm/cogvlm.py (its from_pretrained call), or "
+                     "plan with no_split_module_classes=['CogVLMDecoderLayer', 'TransformerLayer'] so each vision "
+                     "TransformerLayer stays whole")  # fmt: skip
+    if kit != "vlmevalkit":
+        lines.append("lmms-eval: --model_args takes only a string device_map; load the model in a script with this "
+                     "map")  # fmt: skip
+    return lines
+
+
 @dataclass(frozen=True)
 class PlanView:
     """What the memory and same-device checks plan on, and the root fix they build on (if any)."""
@@ -238,6 +259,7 @@ __all__ = [
     "command_with_env",
     "eval_command_with_model_args",
     "load_snippet",
+    "map_fix_lines",
     "model_args_without",
     "node_root",
     "on_gpus",

@@ -23,6 +23,7 @@ from diag.roots import (
     command_with_env,
     eval_command_with_model_args,
     load_snippet,
+    map_fix_lines,
     model_args_without,
     recheck_command,
     with_options,
@@ -273,21 +274,15 @@ def test_loading_snippet_has_the_flags_the_family_needs(family, remote):
 
 
 def test_cogvlm_fix_does_not_point_at_internvl_split_model():
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("diag_checks_same_device", REPO / "checks" / "test_same_device.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
     from diag.twins import PRESETS
 
-    cog = "\n".join(module._fix_lines(PRESETS["cogvlm-17b"], "m.json", None))
+    cog = "\n".join(map_fix_lines(PRESETS["cogvlm-17b"], "m.json", None))
     assert "split_model" not in cog and "internvl" not in cog.lower()
-    assert "TransformerLayer" in cog and "trust_remote_code=True" in cog
-    intern = "\n".join(module._fix_lines(PRESETS["internvl2-8b"], "m.json", "vlmevalkit"))
+    assert "TransformerLayer" in cog and "trust_remote_code=True" in cog and "AutoModelForCausalLM" in cog
+    intern = "\n".join(map_fix_lines(PRESETS["internvl2-8b"], "m.json", "vlmevalkit"))
     assert "split_model" in intern and "lmms-eval" not in intern
+    llava = "\n".join(map_fix_lines(PRESETS["llava-1.5-7b"], "m.json", "lmms-eval"))
+    assert "trust_remote_code" not in llava and "LlavaForConditionalGeneration" in llava
 
 
 # -- the catalog and the docs -------------------------------------------------------------------------------------
