@@ -17,7 +17,18 @@ from diag.devicemap.validate import (
     resolved_device,
     transformers_rejects,
 )
+from diag.fixes import lookup
+from diag.roots import (
+    PlanView,
+    command_with_env,
+    eval_command_with_model_args,
+    load_snippet,
+    model_args_without,
+    recheck_command,
+)
+from diag.session import state_of
 from diag.topology.records import Topology
+from diag.topology.selection import PCI_BUS_ID
 
 pytestmark = pytest.mark.diag
 
@@ -55,7 +66,9 @@ def test_model_args_parse_like_lmms_eval(diag_topology: Topology, check: Check, 
                    "(`Unexpected kwargs`)", "Remove the spaces after the commas in --model_args.")  # fmt: skip
 
 
-def test_device_map_is_accepted_by_transformers(map_case: MapCase, case_topology: Topology, check: Check) -> None:
+def test_device_map_is_accepted_by_transformers(
+    map_case: MapCase, case_topology: Topology, check: Check, request: pytest.FixtureRequest
+) -> None:
     _usable(check, map_case)
     assert map_case.source is not None
     value = map_case.source.value
@@ -68,13 +81,24 @@ def test_device_map_is_accepted_by_transformers(map_case: MapCase, case_topology
     if isinstance(value, int):
         check.fail("MAP-002", f"{map_case.source.text}: from_pretrained would raise {error}", subject="device_map")
     suggestion = "device_map=auto" if visible > 1 else "device_map=cuda:0"
+    options = state_of(request.config).options
+    args = request.config.invocation_params.args
+    if options.model_args is not None:
+        fixed_args = ",".join(a for a in (model_args_without(options.model_args, "device_map"), suggestion) if a)
+        where = f"lmms-eval `--model_args {fixed_args}`"
+        command = eval_command_with_model_args(options.eval_command, fixed_args) if options.eval_command else None
+        commands = [command or recheck_command(args, {"--model-args": fixed_args})]
+    else:
+        value = suggestion.partition("=")[2]
+        where = f'`from_pretrained(..., device_map="{value}")` in the script'
+        commands = [recheck_command(args, {"--device-map": value})]
     check.fail(
         "MAP-001",
         f"{map_case.source.text} ({map_case.source.origin}): from_pretrained would raise {error}",
-        f"Pass `{suggestion}` ({_gpu_word(visible)} visible): lmms-eval `--model_args pretrained=…,{suggestion}`; "
-        f'a script `from_pretrained(…, {suggestion.replace("=", "=" + chr(34))}")`.',
+        f"Pass `{suggestion}` ({_gpu_word(visible)} visible): {where}.",
         subject="device_map",
         details=f"transformers' own check ran on the installed version and raised: {error}",
+        commands=commands,
     )
 
 
@@ -133,16 +157,38 @@ def test_device_map_covers_the_model(
                    subject=map_case.source.text)  # fmt: skip
 
 
+def _select_more(
+    request: pytest.FixtureRequest, view: PlanView, need: int | None
+) -> tuple[str, dict[str, str], list[str]]:
+    """`need` GPUs as a fix: which (named only where no root fix already chose the GPUs), its env, commands."""
+    from diag.envfacts import freest_gpus
+
+    options = state_of(request.config).options
+    if need is None or view.assumes is not None:
+        return "", view.env, []
+    free = freest_gpus(view.topology.node, need)
+    if len(free) < need:
+        return "", {}, []
+    ids = ",".join(str(g.nvml_index) for g in free)
+    env = {"CUDA_VISIBLE_DEVICES": ids, "CUDA_DEVICE_ORDER": PCI_BUS_ID}
+    if options.eval_command is not None:
+        return f" (GPUs {ids} are free)", env, [command_with_env(options.eval_command, env)]
+    return f" (GPUs {ids} are free)", env, [recheck_command(request.config.invocation_params.args, {"--gpus": ids})]
+
+
 def test_model_fits_in_gpu_memory(
-    map_case: MapCase, meta_model: torch.nn.Module, case_topology: Topology, check: Check
+    map_case: MapCase, meta_model: torch.nn.Module, plan_view: PlanView, check: Check, request: pytest.FixtureRequest
 ) -> None:
     _usable(check, map_case)
     assert map_case.source is not None and map_case.model is not None
+    case_topology = plan_view.topology
     device_map = resolve_map(map_case.source, meta_model, case_topology)
     if device_map is None:
         pytest.skip("the map itself is not usable (see the checks above)")
     rows = plan_rows(meta_model, map_case.model, device_map, case_topology)
     check.record("plan", [row.as_dict() for row in rows])
+    if plan_view.assumes is not None:
+        check.record("planned_on", {"assumes": plan_view.assumes.code, "env": plan_view.env})
     short = [r for r in rows if r.shortfall_bytes > 0]
     offload = [r for r in rows if r.device in ("cpu", "disk") and r.planned_bytes > 0]
     gib = 1024**3
@@ -154,30 +200,51 @@ def test_model_fits_in_gpu_memory(
         f"{r.shortfall_bytes / gib:.1f} GiB short"
         for r in short
     )
+    strategy = str(map_case.source.value) if map_case.source.kind == "strategy" else "auto"
+    largest = max((r.free_bytes or 0 for r in gpus), default=0)
+    note = plan_view.note()
     if offload:
         moved = sum(r.planned_bytes for r in offload)
-        largest = max((r.free_bytes or 0 for r in gpus), default=0)
-        strategy = str(map_case.source.value) if map_case.source.kind == "strategy" else "auto"
         need = gpus_needed(meta_model, map_case.model, strategy, largest, len(gpus) + 1)
+        which, env, commands = _select_more(request, plan_view, need)
         check.fail("MEM-002", f"{moved / gib:.1f} of {total / gib:.1f} GiB of {map_case.model.name} are planned onto "
                    + " and ".join(r.device for r in offload) + f" ({offload[0].modules}): the selected GPUs' free "
                    "memory does not hold the model" + (f"; {shortfalls}" if shortfalls else ""),
-                   f"Select {need} GPUs with {largest / gib:.0f} GiB free (now {len(gpus)}: the planner fits the "
-                   f"model on {need}), or load it in 8-bit/4-bit." if need else
-                   "No node of such GPUs holds this model in this dtype: load it in 8-bit/4-bit.",
-                   subject=map_case.id if map_case.topology is not None else map_case.model.name)  # fmt: skip
-    if short:
-        worst = max(short, key=lambda r: r.shortfall_bytes)
-        strategy = str(map_case.source.value) if map_case.source.kind == "strategy" else "auto"
-        free = {int(r.device.split(":")[1]): r.free_bytes or 0 for r in gpus}
-        caps = capped_max_memory(meta_model, map_case.model, strategy, free, rows)
-        if caps is None:
-            check.fail("MEM-001", shortfalls, subject=worst.device)
-        text = "{" + ", ".join(f'{o}: "{c // 1024**2}MiB"' for o, c in caps.items()) + "}"
-        check.fail("MEM-001", shortfalls, f"Cap each GPU to leave room for its reserve: from_pretrained(…, "
-                   f"device_map=\"{strategy}\", max_memory={text}); re-planned with these caps, every GPU fits.",
-                   subject=worst.device, details="The caps were checked by planning again with the same planner.",
-                   commands=[f"max_memory={text}"])  # fmt: skip
+                   (f"Select {need} GPUs with {largest / gib:.0f} GiB free{which} (now {len(gpus)}: the planner fits "
+                    f"the model on {need}), or load it in 8-bit/4-bit." if need else
+                    "No node of such GPUs holds this model in this dtype: load it in 8-bit/4-bit.") + note,
+                   subject=map_case.id if map_case.topology is not None else map_case.model.name,
+                   env=env, commands=commands)  # fmt: skip
+    if not short:
+        return
+    worst = max(short, key=lambda r: r.shortfall_bytes)
+    kit = state_of(request.config).options.kit
+    if kit is not None:  # neither kit passes max_memory to from_pretrained: more or freer GPUs instead
+        start = len(gpus) + 1 if map_case.source.kind == "strategy" else 1  # a one-GPU map can spread first
+        need = gpus_needed(meta_model, map_case.model, strategy, largest, start)
+        which, env, commands = _select_more(request, plan_view, need)
+        auto = "" if map_case.source.kind == "strategy" else "pass device_map=auto and "
+        how = (
+            f"{auto}select {need} GPUs with {largest / gib:.0f} GiB free{which} (the planner then fits it)"
+            if need
+            else "select GPUs with more free memory, or load it in 8-bit/4-bit"
+        )
+        reason = {"lmms-eval": "lmms-eval's --model_args cannot pass max_memory to from_pretrained (unknown keys "
+                               "raise `AssertionError: Unexpected kwargs`)",
+                  "vlmevalkit": "VLMEvalKit builds the model itself and passes no max_memory"}[kit]  # fmt: skip
+        check.fail("MEM-001", shortfalls, f"{reason}: {how[0].upper()}{how[1:]}.{note}", subject=worst.device,
+                   env=env, commands=commands)  # fmt: skip
+    free = {int(r.device.split(":")[1]): r.free_bytes or 0 for r in gpus}
+    caps = capped_max_memory(meta_model, map_case.model, strategy, free, rows)
+    if caps is None:
+        check.fail("MEM-001", shortfalls, lookup("MEM-001").fix + note, subject=worst.device, env=plan_view.env)
+    text = "{" + ", ".join(f'{o}: "{c // 1024**2}MiB"' for o, c in caps.items()) + "}"
+    checkpoint = map_case.model.checkpoints[0] if map_case.model.checkpoints else map_case.model.name
+    snippet = load_snippet(map_case.model.family, checkpoint, repr(strategy), max_memory=text)
+    check.fail("MEM-001", shortfalls, f"Cap each GPU to leave room for its reserve: max_memory={text} with "
+               f"device_map=\"{strategy}\" in from_pretrained; re-planned with these caps, every GPU fits.{note}",
+               subject=worst.device, details="The caps were checked by planning again with the same planner.",
+               commands=[snippet], env=plan_view.env)  # fmt: skip
 
 
 def test_auto_split_uses_only_visible_gpus(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from diag.checking import Check
-from diag.envfacts import busy_reasons, compare_view, describe_gpu, freest_gpus, is_mixed, parse_cuda_version
+from diag.envfacts import busy_reasons, compare_view, describe_gpu, is_mixed, parse_cuda_version
+from diag.roots import busy_finding, command_with_env, recheck_command
+from diag.session import state_of
 from diag.topology.records import Gpu, Node, Selection, Topology
 from diag.topology.selection import PCI_BUS_ID, uuid_matches
 
@@ -142,29 +144,38 @@ def test_cuda_numbering_agrees_with_nvidia_smi(gpu_node: Node, diag_topology: To
 
 
 def test_selected_gpu_is_free(
-    gpu_node: Node, diag_selection: Selection, selected_gpu: Gpu | None, check: Check
+    gpu_node: Node, diag_topology: Topology, selected_gpu: Gpu | None, check: Check, request: pytest.FixtureRequest
 ) -> None:
     if selected_gpu is None:
         pytest.skip("no selected GPU exists on this node (see test_selected_gpus_exist, ENV-002)")
     reasons = busy_reasons(selected_gpu)
     if not reasons:
         return
-    wanted = len(diag_selection.found)
-    free = freest_gpus(gpu_node, wanted)
-    ids = ",".join(str(g.nvml_index) for g in free)
-    if len(free) >= wanted:
+    finding = busy_finding(diag_topology)  # the same answer the memory and same-device checks re-plan on
+    assert finding is not None
+    ids = finding.ids
+    env = {"CUDA_VISIBLE_DEVICES": ids, "CUDA_DEVICE_ORDER": PCI_BUS_ID} if finding.free else {}
+    if finding.enough:
         summary = f"Use free GPUs: --gpus {ids} (or CUDA_VISIBLE_DEVICES={ids} CUDA_DEVICE_ORDER={PCI_BUS_ID})."
-    elif free:
-        summary = f"Only {len(free)} GPUs are free ({ids}): wait for the other job or use fewer GPUs (--gpus {ids})."
+    elif finding.free:
+        summary = (f"Only {len(finding.free)} GPUs are free ({ids}): wait for the other job or use fewer GPUs "
+                   f"(--gpus {ids}).")  # fmt: skip
     else:
         summary = "No GPU on this node is free: wait for the other jobs to end, or use another node."
+    commands = [f"nvidia-smi -i {selected_gpu.nvml_index}"]
+    if finding.free:
+        options = state_of(request.config).options
+        if options.eval_command is not None:
+            commands.insert(0, command_with_env(options.eval_command, env))
+        else:
+            commands.append(recheck_command(request.config.invocation_params.args, {"--gpus": ids}))
     check.fail(
         "ENV-006",
         f"{describe_gpu(selected_gpu)} is busy: {'; '.join(reasons)}.",
         summary,
         subject=f"GPU {selected_gpu.nvml_index}",
-        commands=[f"nvidia-smi -i {selected_gpu.nvml_index}"] + ([f"pytest checks/ --gpus {ids}"] if free else []),
-        env={"CUDA_VISIBLE_DEVICES": ids, "CUDA_DEVICE_ORDER": PCI_BUS_ID} if len(free) >= wanted else {},
+        commands=commands,
+        env=env,
     )
 
 

@@ -10,9 +10,18 @@ import pytest
 from diag.checking import Check
 from diag.devicemap.autosplit import PROCESSES_ASSERTION, VlmevalkitAssertion
 from diag.devicemap.cases import MapCase
-from diag.devicemap.plan import GIB, STRATEGIES
-from diag.layout import ProcessCount, local_processes, local_rank, vlmevalkit_layout
+from diag.devicemap.plan import GIB
+from diag.layout import (
+    ProcessCount,
+    eval_command_in_one_process,
+    eval_command_without_device_map,
+    lmms_eval_strategy_in_processes,
+    local_processes,
+    local_rank,
+    vlmevalkit_layout,
+)
 from diag.options import DiagOptions
+from diag.roots import model_args_without, recheck_command
 from diag.session import state_of
 from diag.topology.records import Topology
 
@@ -65,16 +74,6 @@ def test_processes_do_not_outnumber_the_visible_gpus(launch: Launch, diag_topolo
                subject="processes", commands=[f"--nproc-per-node {visible}", f"--num_processes {visible}"])  # fmt: skip
 
 
-def _device_map_as_written(options: DiagOptions) -> object:
-    from diag.devicemap.model_args import ModelArgsError, parse_model_args
-
-    try:
-        args = parse_model_args(options.model_args or "")
-    except ModelArgsError:
-        return None  # test_model_args_parse_like_lmms_eval says why
-    return args.get("device_map", options.device_map)
-
-
 def _named_model(request: pytest.FixtureRequest) -> MapCase | None:
     """The map case of the model the eval names (--model, or a known pretrained=); None if it names none."""
     from diag.devicemap.model_args import ModelArgsError, pretrained_from_model_args
@@ -117,8 +116,8 @@ def test_lmms_eval_does_not_combine_processes_with_device_map_auto(
     if launch.kit != "lmms-eval":
         pytest.skip("not an lmms-eval launch (--eval-kit lmms-eval, --model-args or --eval-model)")
     count, visible = launch.processes.count, len(diag_topology.cuda.devices)
-    value = _device_map_as_written(launch.options)
-    if count <= 1 or value not in STRATEGIES or visible == 0:
+    value = lmms_eval_strategy_in_processes(launch.options, count, visible)
+    if value is None:
         return
     model_class = launch.options.eval_model
     if model_class in SPLIT_IN_EVERY_PROCESS_CLASSES:
@@ -133,11 +132,12 @@ def test_lmms_eval_does_not_combine_processes_with_device_map_auto(
     fits = _what_fits(request, diag_topology, count)
     check.record("layout", {"processes": count, "device_map": value, **fits})
     one = f"keep {count} processes and remove device_map={value} from --model_args (each process on its own GPU)"
-    single = f"run one process with device_map={value}: `python -m lmms_eval …` instead of `accelerate launch`"
+    single = f"run one process with device_map={value}: `python -m lmms_eval` instead of `accelerate launch`"
+    one_first = bool(fits) and bool(fits["fits_one_gpu"])
     if not fits:
         summary = (f"Either {single} (a model too large for one GPU), or {one} (a model that fits one GPU). "
                    "Give --model (or a known pretrained=) and diag says which fits.")  # fmt: skip
-    elif fits["fits_one_gpu"]:
+    elif one_first:
         summary = f"{one[0].upper()}{one[1:]}: {fits['model']} fits one GPU ({fits['free_gib_each']} GiB free)."
     elif fits["gpus_needed"] is not None and int(fits["gpus_needed"]) <= visible:  # type: ignore[call-overload]
         summary = (f"{single[0].upper()}{single[1:]}: {fits['model']} does not fit one GPU; the planner splits it "
@@ -146,10 +146,24 @@ def test_lmms_eval_does_not_combine_processes_with_device_map_auto(
         need = fits["gpus_needed"] or "more than 64"
         summary = (f"Neither fits: {fits['model']} does not fit one GPU, and needs {need} GPUs like these; select "
                    f"them and {single}.")  # fmt: skip
+    commands = _layout_commands(request, launch.options, one_first)
     check.fail("LAYOUT-002", f"{count} processes ({launch.processes.origin}) with device_map={value}: {effect}",
                summary, subject="device_map", details=f"The two layouts that work: {single}; or {one}.",
-               commands=["python -m lmms_eval --model_args …,device_map=auto …",
-                         f"accelerate launch --num_processes {count} -m lmms_eval --model_args …"])  # fmt: skip
+               commands=commands)  # fmt: skip
+
+
+def _layout_commands(request: pytest.FixtureRequest, options: DiagOptions, one_first: bool) -> list[str]:
+    """The two layouts as commands to paste: the eval command corrected, else this check run re-planned."""
+    if options.eval_command is not None:
+        found = [eval_command_in_one_process(options.eval_command),
+                 eval_command_without_device_map(options.eval_command)]  # fmt: skip
+    else:
+        args = request.config.invocation_params.args
+        found = [recheck_command(args, {"--processes": "1"})]
+        if options.model_args is not None:
+            found.append(recheck_command(args, {"--model-args": model_args_without(options.model_args, "device_map")}))
+    commands = [c for c in found if c]
+    return commands[::-1] if one_first else commands
 
 
 def test_vlmevalkit_gives_each_process_its_own_gpus(launch: Launch, diag_topology: Topology, check: Check) -> None:

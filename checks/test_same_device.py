@@ -12,20 +12,13 @@ from diag.checking import Check
 from diag.devicemap.cases import MapCase, write_map
 from diag.devicemap.fit import free_bytes_by_ordinal, resolve_map
 from diag.devicemap.plan import host_memory_bytes
+from diag.fixes import lookup
+from diag.roots import PlanView, map_fix_lines
 from diag.samedevice.causes import select_gpus_fix
 from diag.samedevice.verify import Verdict, check_run, forced_map
-from diag.topology.records import Topology
+from diag.session import state_of
 
 pytestmark = pytest.mark.diag
-
-
-def _fix_lines(path: str) -> list[str]:
-    """How to use the fixed map: a script, and VLMEvalKit / lmms-eval where they accept one."""
-    return [
-        f"model = AutoModel.from_pretrained(path, device_map=json.load(open({path!r})), torch_dtype=torch.bfloat16)",
-        "VLMEvalKit: return this map from the model's split_model() (vlmeval/vlm/internvl/utils.py)",
-        "lmms-eval: --model_args takes only a string device_map; load the model in a script with this map",
-    ]
 
 
 def _message(verdict: Verdict, map_text: str) -> str:
@@ -37,10 +30,11 @@ def _message(verdict: Verdict, map_text: str) -> str:
 
 
 def test_twin_runs_with_the_map(
-    twin_case: tuple[MapCase, bool], meta_model: torch.nn.Module, case_topology: Topology, check: Check,
-    report_dir: Path,
+    twin_case: tuple[MapCase, bool], meta_model: torch.nn.Module, plan_view: PlanView, check: Check,
+    report_dir: Path, request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
     case, forced = twin_case
+    case_topology = plan_view.topology
     assert case.model is not None and case.source is not None
     visible = len(case_topology.cuda.devices)
     if visible == 0:
@@ -71,18 +65,20 @@ def test_twin_runs_with_the_map(
         verdict.fixed_map is not None) else None  # fmt: skip
     if verdict.verified and path:
         summary = (f"Use the map diag wrote to {path} ({', '.join(verdict.cause.modules) or 'see details'}); the twin "
-                   "re-ran with it and passed.")  # fmt: skip
+                   f"re-ran with it and passed.{plan_view.note()}")  # fmt: skip
     elif path:
         summary = (
             f"diag's candidate map {path} did not pass either ({verdict.fixed_result and verdict.fixed_result.error})."
         )
     else:
         summary = None
+    if summary is None and plan_view.assumes is not None:
+        summary = lookup(verdict.cause.code).fix + plan_view.note()
     # Inputs on a GPU the map leaves empty: the fix selects the map's GPUs by their nvidia-smi numbers.
     select = select_gpus_fix(verdict.cause, case.source, case_topology, path) if verdict.verified else None
-    env = select[1] if select else None
-    summary = select[0] if select else summary
-    check.fail(verdict.cause.code, _message(verdict, map_text), summary,
+    kit = state_of(request.config).options.kit
+    check.fail(verdict.cause.code, _message(verdict, map_text), select[0] if select else summary,
                subject=verdict.result.module or case.model.name, device_map_file=path, verified=verdict.verified,
-               commands=_fix_lines(path) if path and not select else [], env=env,
+               commands=map_fix_lines(case.model, path, kit) if path and not select else [],
+               env=select[1] if select else plan_view.env,
                details=json.dumps({"first_run": verdict.result.error, "devices": verdict.result.devices}))  # fmt: skip

@@ -2,7 +2,7 @@
 
 Codes are grouped by area (ENV, MAP, SPLIT, FWD, MEM, LAYOUT, DIST, DIAG) and never renumbered; docs/fix-codes.md
 is generated from this table (`python -m diag fix-codes`) and a test keeps the two in step. DIST (the collective
-check across ranks and nodes, and launcher timeouts) extends the areas DESIGN.md lists.
+check across ranks and nodes, and launcher timeouts) is the newest area.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "loaded, or the container was started without GPU access.",
         "Run on the GPU node (inside the container, start it with `--gpus all`), check `nvidia-smi`; "
         "or check anywhere with `--simulate 8xA100-80GB` or a captured `--topology FILE`.",
-        ("NVML API reference: nvmlInit", "FACTS.md: CUDA and NVML"),
+        (
+            "https://docs.nvidia.com/deploy/nvml-api/group__nvmlInitializationAndCleanup.html",
+            "https://docs.nvidia.com/deploy/nvidia-smi/index.html",
+        ),
     ),
     FixCode(
         "ENV-002",
@@ -36,7 +39,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "invalid entry and every entry after it, and code that asks for the ordinal meets "
         "`CUDA error: invalid device ordinal`.",
         "Select GPUs that `nvidia-smi -L` lists, by index or by UUID.",
-        ("EvolvingLMMs-Lab/lmms-eval#31", "FACTS.md: CUDA and NVML"),
+        (
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/31",
+            "https://docs.nvidia.com/cuda/cuda-programming-guide/05-appendices/environment-variables.html",
+        ),
     ),
     FixCode(
         "ENV-003",
@@ -45,7 +51,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "initialised, was overridden by a launcher, or names an entry CUDA cannot use.",
         "Set CUDA_VISIBLE_DEVICES (and CUDA_DEVICE_ORDER=PCI_BUS_ID) before the process starts, "
         "not inside it after `import torch` has touched CUDA.",
-        ("pytorch/pytorch#23544", "FACTS.md: CUDA and NVML"),
+        (
+            "https://github.com/pytorch/pytorch/issues/23544",
+            "https://docs.nvidia.com/cuda/cuda-programming-guide/05-appendices/environment-variables.html",
+        ),
     ),
     FixCode(
         "ENV-004",
@@ -53,7 +62,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "torch is a CPU-only build, or it was built for a newer CUDA major version than the driver supports.",
         "Install a CUDA build of torch whose CUDA version the driver supports (nvidia-smi's `CUDA Version`), "
         "or update the driver.",
-        ("PyTorch 'Get started' install matrix", "NVIDIA CUDA compatibility guide"),
+        ("https://pytorch.org/get-started/locally/", "https://docs.nvidia.com/deploy/cuda-compatibility/"),
     ),
     FixCode(
         "ENV-005",
@@ -61,15 +70,19 @@ _CATALOG: tuple[FixCode, ...] = (
         "CUDA_DEVICE_ORDER is not PCI_BUS_ID on a node of mixed GPUs, so CUDA numbers the fastest GPU first: "
         "`cuda:0` and the indices in CUDA_VISIBLE_DEVICES are not nvidia-smi's GPU 0.",
         "`export CUDA_DEVICE_ORDER=PCI_BUS_ID` before the eval starts (diag sets it for its own run).",
-        ("pytorch/pytorch#86539", "FACTS.md: CUDA and NVML"),
+        (
+            "https://github.com/pytorch/pytorch/issues/86539",
+            "https://docs.nvidia.com/cuda/cuda-programming-guide/05-appendices/environment-variables.html",
+        ),
     ),
     FixCode(
         "ENV-006",
         "A selected GPU is busy",
         "Another process already holds memory on a selected GPU; the model will not fit beside it "
         "and the eval dies loading weights, or both jobs slow down.",
-        "Pick the free GPUs the fix names (`--gpus …` / CUDA_VISIBLE_DEVICES=…), or wait for the other job.",
-        ("THUDM/CogVLM#462", "EvolvingLMMs-Lab/lmms-eval#191"),
+        "Pick the free GPUs the fix names (`--gpus`, or CUDA_VISIBLE_DEVICES with CUDA_DEVICE_ORDER=PCI_BUS_ID as "
+        "in fix.env), or wait for the other job.",
+        ("https://github.com/THUDM/CogVLM/issues/462", "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/191"),
     ),
     FixCode(
         "ENV-007",
@@ -77,7 +90,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "A GPU in MIG mode is not usable as a whole device: CUDA shows only a MIG instance selected by its "
         "`MIG-…` UUID, with a fraction of the memory, and no peer access.",
         "Select another GPU, or ask the admin to disable MIG (`nvidia-smi -i N -mig 0`, then reset the GPU).",
-        ("NVIDIA MIG user guide: CUDA device enumeration",),
+        ("https://docs.nvidia.com/datacenter/tesla/mig-user-guide/",),
     ),
     FixCode(
         "ENV-008",
@@ -85,7 +98,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "Retired pages or remapped rows are pending (or row remapping failed): the GPU needs a reset before the "
         "repair takes effect and may raise uncorrectable ECC errors mid-run.",
         "Select another GPU and ask the admin to reset this one (`nvidia-smi -r -i N`) or drain the node.",
-        ("NVIDIA GPU memory error management guide",),
+        ("https://docs.nvidia.com/deploy/a100-gpu-mem-error-mgmt/index.html",),
     ),
     FixCode(
         "ENV-009",
@@ -94,7 +107,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "activations through host memory (slower), and NCCL falls back to slower paths.",
         "Prefer GPUs that `nvidia-smi topo -m` shows linked by NVLink or one PCIe switch; set "
         "NCCL_P2P_DISABLE=1 only if NCCL hangs on this pair.",
-        ("nvidia-smi topo -m", "FACTS.md: CUDA and NVML"),
+        (
+            "https://docs.nvidia.com/deploy/nvidia-smi/index.html",
+            "https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/env.html",
+        ),
     ),
     FixCode(
         "ENV-010",
@@ -103,7 +119,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "CUDA_VISIBLE_DEVICES only once, at initialisation.",
         "Set CUDA_VISIBLE_DEVICES in the environment instead of `--gpus`, or remove the conftest or plugin "
         "that touches CUDA at import (`-p no:NAME`).",
-        ("pytorch/pytorch#23544",),
+        ("https://github.com/pytorch/pytorch/issues/23544",),
     ),
     FixCode(
         "MAP-001",
@@ -115,10 +131,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "default to the empty value.",
         "Pass `device_map=auto` in --model_args for several GPUs, or `device_map=cuda:0` for one GPU.",
         (
-            "EvolvingLMMs-Lab/lmms-eval#33",
-            "EvolvingLMMs-Lab/lmms-eval#438",
-            "EvolvingLMMs-Lab/lmms-eval#19",
-            "FACTS.md: transformers: device_map strings",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/33",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/438",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/19",
+            "https://huggingface.co/docs/transformers/main_classes/model#transformers.PreTrainedModel.from_pretrained",
         ),
     ),
     FixCode(
@@ -127,7 +143,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "A negative int raises `You can't pass device_map as a negative int. If you want to put the model on the "
         "cpu, pass device_map = 'cpu'`.",
         "Pass a GPU ordinal the process can see (0 for the first), `cpu`, or `auto`.",
-        ("FACTS.md: transformers: device_map strings",),
+        ("https://huggingface.co/docs/transformers/main_classes/model#transformers.PreTrainedModel.from_pretrained",),
     ),
     FixCode(
         "MAP-003",
@@ -136,7 +152,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "`CUDA error: invalid device ordinal`. transformers 5 turns `cuda` into `cuda:{LOCAL_RANK}`, which a "
         "per-process GPU slice may not have.",
         "Use ordinals 0..N-1 of the visible GPUs (cuda:0 is the first GPU in CUDA_VISIBLE_DEVICES).",
-        ("EvolvingLMMs-Lab/lmms-eval#31", "FACTS.md: transformers: device_map strings"),
+        (
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/31",
+            "https://huggingface.co/docs/transformers/main_classes/model#transformers.PreTrainedModel.from_pretrained",
+        ),
     ),
     FixCode(
         "MAP-004",
@@ -144,7 +163,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "With CUDA_VISIBLE_DEVICES=4,5,6,7 the process numbers those GPUs cuda:0..3; a map that says 4..7 "
         "addresses GPUs that do not exist in the process (`invalid device ordinal`).",
         "Use the corrected map diag wrote (fix.device_map_file): each physical number replaced by its cuda ordinal.",
-        ("open-compass/VLMEvalKit#674", "pytorch/pytorch#23544"),
+        ("https://github.com/open-compass/VLMEvalKit/issues/674", "https://github.com/pytorch/pytorch/issues/23544"),
     ),
     FixCode(
         "MAP-005",
@@ -153,7 +172,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "transformers 4.52 and 5 for LLaVA-style models); accelerate ignores it and the module it meant gets no "
         "device or the wrong one.",
         "Use the corrected map diag wrote, with each key renamed to the closest module name of this model.",
-        ("FACTS.md: transformers: device_map strings",),
+        (
+            "https://github.com/huggingface/transformers/releases",
+            "https://github.com/huggingface/transformers/releases/tag/v5.0.0",
+        ),
     ),
     FixCode(
         "MAP-006",
@@ -161,7 +183,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "accelerate's check_device_map finds parameters no key covers: "
         "`The device_map provided does not give any device for the following parameters: …`.",
         "Use the corrected map diag wrote, which puts each uncovered module on the first GPU of the map.",
-        ("accelerate: utils/modeling.py::check_device_map",),
+        ("https://github.com/huggingface/accelerate/blob/main/src/accelerate/utils/modeling.py",),
     ),
     FixCode(
         "MAP-007",
@@ -173,11 +195,11 @@ _CATALOG: tuple[FixCode, ...] = (
         "Add the module to the map on the embeddings' GPU, as InternVL's split_model does "
         "(`device_map['language_model.model.rotary_emb'] = 0`).",
         (
-            "OpenGVLab/InternVL#774",
-            "OpenGVLab/InternVL#688",
-            "OpenGVLab/InternVL#789",
-            "open-compass/VLMEvalKit#723",
-            "huggingface/transformers#35583",
+            "https://github.com/OpenGVLab/InternVL/issues/774",
+            "https://github.com/OpenGVLab/InternVL/issues/688",
+            "https://github.com/OpenGVLab/InternVL/issues/789",
+            "https://github.com/open-compass/VLMEvalKit/issues/723",
+            "https://github.com/huggingface/transformers/issues/35583",
         ),
     ),
     FixCode(
@@ -185,7 +207,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "A device map value is not a device",
         "Map values must be a GPU ordinal (int or `cuda:N`), `cpu` or `disk`.",
         "Replace each named value with a GPU ordinal the process can see, `cpu` or `disk`.",
-        ("accelerate: big_modeling.py::dispatch_model",),
+        ("https://github.com/huggingface/accelerate/blob/main/src/accelerate/big_modeling.py",),
     ),
     FixCode(
         "MAP-009",
@@ -193,7 +215,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "lmms-eval splits --model_args on commas and each item on the first `=`; an item without `=` raises "
         "`ValueError: not enough values to unpack (expected 2, got 1)` before the model is built.",
         "Write every item as key=value (`device_map=auto`), with no bare keys and no trailing comma.",
-        ("EvolvingLMMs-Lab/lmms-eval PR #915", "FACTS.md: lmms-eval: --model_args"),
+        (
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/pull/915",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/utils.py",
+        ),
     ),
     FixCode(
         "SPLIT-001",
@@ -202,7 +227,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "under CUDA_VISIBLE_DEVICES=4,5,6,7 it addresses cuda:4..7 in a process that sees cuda:0..3.",
         "Update VLMEvalKit (the split is capped by device_count // LOCAL_WORLD_SIZE since Dec 30 2024), or set "
         "GPUS_PER_PROCESS to the GPUs each process sees.",
-        ("open-compass/VLMEvalKit#674", "open-compass/VLMEvalKit PR #566"),
+        (
+            "https://github.com/open-compass/VLMEvalKit/issues/674",
+            "https://github.com/open-compass/VLMEvalKit/pull/566",
+        ),
     ),
     FixCode(
         "SPLIT-002",
@@ -210,7 +238,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "VLMEvalKit's run.py reads CUDA_VISIBLE_DEVICES entries with int(), which raises `ValueError: invalid "
         "literal for int() with base 10: 'GPU-…'` for UUID entries.",
         "Select the GPUs by index for VLMEvalKit (`CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=4,5,6,7`).",
-        ("FACTS.md: VLMEvalKit: AUTO_SPLIT and GPU slicing",),
+        ("https://github.com/open-compass/VLMEvalKit/blob/main/run.py",),
     ),
     FixCode(
         "FWD-001",
@@ -219,7 +247,12 @@ _CATALOG: tuple[FixCode, ...] = (
         "it stayed on the CPU; on transformers 4.43-4.50 the first forward fails with `Expected all tensors to "
         "be on the same device, but found at least two devices, cpu and cuda:0!` in the rotary matmul.",
         "Add the module to the map on the embeddings' GPU (diag wrote the map and re-ran the twin with it).",
-        ("OpenGVLab/InternVL#774", "OpenGVLab/InternVL#688", "OpenGVLab/InternVL#789", "open-compass/VLMEvalKit#723"),
+        (
+            "https://github.com/OpenGVLab/InternVL/issues/774",
+            "https://github.com/OpenGVLab/InternVL/issues/688",
+            "https://github.com/OpenGVLab/InternVL/issues/789",
+            "https://github.com/open-compass/VLMEvalKit/issues/723",
+        ),
     ),
     FixCode(
         "FWD-002",
@@ -229,7 +262,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "the inner model, so its logits are not moved back: `… found at least two devices, cuda:3 and cuda:0!`.",
         "Pin the head, the final norm and the last decoder layer to the embeddings' GPU, as InternVL's "
         "split_model does (diag wrote the map and re-ran the twin with it); or use transformers 4.46 or newer.",
-        ("OpenGVLab/InternVL#587", "FACTS.md: transformers: Generation"),
+        (
+            "https://github.com/OpenGVLab/InternVL/issues/587",
+            "https://github.com/huggingface/transformers/releases/tag/v4.46.0",
+        ),
     ),
     FixCode(
         "FWD-003",
@@ -238,7 +274,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "`input_embeds[selected] = vit_embeds` mixes the two GPUs.",
         "Keep the vision model, the projector (`mlp1`) and the embeddings on one GPU, or use the InternVL code "
         "that moves the image embeddings first (commit 07ef6e9).",
-        ("OpenGVLab/InternVL#133", "OpenGVLab/InternVL commit 07ef6e9"),
+        ("https://github.com/OpenGVLab/InternVL/issues/133", "https://github.com/OpenGVLab/InternVL/commit/07ef6e9"),
     ),
     FixCode(
         "FWD-004",
@@ -248,7 +284,12 @@ _CATALOG: tuple[FixCode, ...] = (
         "no_split_module_classes.",
         'Add the class to no_split_module_classes and plan again (CogVLM: ["CogVLMDecoderLayer", '
         '"TransformerLayer"]); diag re-planned and re-ran the twin with it.',
-        ("THUDM/CogVLM#122", "THUDM/CogVLM#256", "THUDM/CogVLM2#32", "open-compass/VLMEvalKit#411"),
+        (
+            "https://github.com/THUDM/CogVLM/issues/122",
+            "https://github.com/THUDM/CogVLM/issues/256",
+            "https://github.com/THUDM/CogVLM2/issues/32",
+            "https://github.com/open-compass/VLMEvalKit/issues/411",
+        ),
     ),
     FixCode(
         "FWD-005",
@@ -257,7 +298,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "module, or a module of the model was left on the CPU.",
         "Move the inputs to the model's first GPU (`.to(model.device)` / `.cuda()`), and cover every module in "
         "the map.",
-        ("FACTS.md: Other misconfigurations seen in the threads",),
+        ("https://huggingface.co/docs/accelerate/usage_guides/big_modeling",),
     ),
     FixCode(
         "FWD-006",
@@ -265,7 +306,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "A map value or an input device is at or beyond the number of visible GPUs: `CUDA error: invalid device "
         "ordinal`.",
         "Use ordinals 0..N-1 of the visible GPUs.",
-        ("EvolvingLMMs-Lab/lmms-eval#31", "THUDM/CogVLM#33"),
+        ("https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/31", "https://github.com/THUDM/CogVLM/issues/33"),
     ),
     FixCode(
         "FWD-007",
@@ -291,7 +332,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "is/are busy or unavailable`), or the driver reset it. The eval would die the same way, later.",
         "Run `nvidia-smi -q -i N` on the GPU named and look for Xid errors in `dmesg`; select other GPUs, or ask "
         "the admin to reset the GPU (`nvidia-smi -r -i N`) or set its compute mode to DEFAULT.",
-        ("NVIDIA XID errors reference", "NVIDIA nvidia-smi documentation: compute mode"),
+        (
+            "https://docs.nvidia.com/deploy/xid-errors/index.html",
+            "https://docs.nvidia.com/deploy/nvidia-smi/index.html",
+        ),
     ),
     FixCode(
         "FWD-010",
@@ -302,7 +346,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "devices, cuda:0 and cuda:1!`.",
         'Write out the modules "" stood for, each with the root\'s device, instead of "" (diag wrote the map and '
         "re-ran the twin with it).",
-        ("accelerate: hooks.py::attach_align_device_hook_on_blocks",),
+        (
+            "https://github.com/huggingface/accelerate/blob/main/src/accelerate/hooks.py",
+            "https://huggingface.co/docs/accelerate/usage_guides/big_modeling",
+        ),
     ),
     FixCode(
         "MEM-001",
@@ -311,7 +358,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "memory: the eval fails with CUDA out of memory while loading or in the first generate.",
         "Use more or freer GPUs, cap the GPU with max_memory so the planner moves modules elsewhere, or load "
         "a smaller dtype (8-bit / 4-bit quantisation).",
-        ("EvolvingLMMs-Lab/lmms-eval#191", "THUDM/CogVLM#462"),
+        ("https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/191", "https://github.com/THUDM/CogVLM/issues/462"),
     ),
     FixCode(
         "MEM-002",
@@ -320,7 +367,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "CPU or disk: the eval runs, many times slower, and InternVL/CogVLM remote code may fail on offloaded "
         "modules.",
         "Select more GPUs (diag names how many), free memory on them, or load a smaller dtype.",
-        ("accelerate: big model inference guide", "EvolvingLMMs-Lab/lmms-eval#191"),
+        (
+            "https://huggingface.co/docs/accelerate/usage_guides/big_modeling",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/191",
+        ),
     ),
     FixCode(
         "MEM-003",
@@ -329,7 +379,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "full: another process holds it, or memory was not released by an earlier job in this process.",
         "Pick GPUs with free memory (the environment checks name them), wait for the other job, or end the "
         "process that holds the memory.",
-        ("EvolvingLMMs-Lab/lmms-eval#191", "THUDM/CogVLM#462"),
+        ("https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/191", "https://github.com/THUDM/CogVLM/issues/462"),
     ),
     FixCode(
         "DIAG-001",
@@ -359,10 +409,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "Launch no more processes per node than the GPUs selected (`--nproc-per-node` / `--num_processes`), or "
         "select more GPUs.",
         (
-            "EvolvingLMMs-Lab/lmms-eval#31",
-            "THUDM/CogVLM#33",
-            "THUDM/CogVLM#293",
-            "FACTS.md: VLMEvalKit: AUTO_SPLIT and GPU slicing",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/31",
+            "https://github.com/THUDM/CogVLM/issues/33",
+            "https://github.com/THUDM/CogVLM/issues/293",
+            "https://github.com/open-compass/VLMEvalKit/blob/main/run.py",
         ),
     ),
     FixCode(
@@ -376,7 +426,11 @@ _CATALOG: tuple[FixCode, ...] = (
         "Either one process with device_map=auto (a model too large for one GPU: run `python -m lmms_eval`, not "
         "`accelerate launch`), or several processes without device_map=auto (a model that fits one GPU each). The "
         "fix in the report says which of the two fits the selected GPUs.",
-        ("EvolvingLMMs-Lab/lmms-eval#50", "EvolvingLMMs-Lab/lmms-eval#12", "FACTS.md: lmms-eval: `--model_args`"),
+        (
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/50",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/12",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/docs/run_examples.md",
+        ),
     ),
     FixCode(
         "LAYOUT-003",
@@ -385,7 +439,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "list in CUDA_VISIBLE_DEVICES, in order; the remainder at the end of the list is never used.",
         "Select a multiple of the process count (`CUDA_VISIBLE_DEVICES` with N x processes entries), or launch a "
         "process count that divides the GPUs.",
-        ("FACTS.md: VLMEvalKit: AUTO_SPLIT and GPU slicing",),
+        ("https://github.com/open-compass/VLMEvalKit/blob/main/run.py",),
     ),
     FixCode(
         "DIST-001",
@@ -399,9 +453,8 @@ _CATALOG: tuple[FixCode, ...] = (
         "nodes do not share, a peer-to-peer path that hangs (NCCL_P2P_DISABLE=1), CUDA_VISIBLE_DEVICES that "
         "differs between the ranks of a node.",
         (
-            "open-compass/VLMEvalKit#1131",
-            "FACTS.md: Other misconfigurations seen in the threads",
-            "PyTorch docs: torch.distributed.init_process_group (timeout)",
+            "https://github.com/open-compass/VLMEvalKit/issues/1131",
+            "https://pytorch.org/docs/stable/distributed.html#torch.distributed.init_process_group",
         ),
     ),
     FixCode(
@@ -412,7 +465,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "or a firewall blocks the port.",
         "Start rank 0 first; export MASTER_ADDR as the first node's name or address and a free MASTER_PORT on every "
         "node; open that port between the nodes.",
-        ("PyTorch docs: torch.distributed environment variable initialization (MASTER_ADDR, MASTER_PORT)",),
+        ("https://pytorch.org/docs/stable/distributed.html#environment-variable-initialization",),
     ),
     FixCode(
         "DIST-003",
@@ -422,7 +475,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "uses.",
         "Set NCCL_SOCKET_IFNAME (GLOO_SOCKET_IFNAME for gloo) to an interface every node shares, open the ports "
         "between the nodes, and re-run with NCCL_DEBUG=INFO; try NCCL_P2P_DISABLE=1 if ranks on one node hang.",
-        ("open-compass/VLMEvalKit#1131", "NVIDIA NCCL docs: environment variables"),
+        (
+            "https://github.com/open-compass/VLMEvalKit/issues/1131",
+            "https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/env.html",
+        ),
     ),
     FixCode(
         "DIST-004",
@@ -431,7 +487,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "the GPU at its local rank does not exist. It told the others, which then fail with DIST-001 naming it.",
         "Install a torch build with the backend (a CUDA build for NCCL) in the eval environment on every node, and "
         "give each rank a GPU at its local rank.",
-        ("PyTorch docs: torch.distributed backends",),
+        ("https://pytorch.org/docs/stable/distributed.html#backends",),
     ),
     FixCode(
         "DIST-005",
@@ -442,7 +498,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "list by LOCAL_RANK, both assuming every rank of a node sees the same GPUs.",
         "Give every rank of a node the same CUDA_VISIBLE_DEVICES and let the launcher's LOCAL_RANK pick the GPU; "
         "do not set a fixed device (`cuda:0`, `torch.cuda.set_device(0)`) in every process.",
-        ("NVIDIA/Megatron-LM#661", "NVIDIA/nccl#1241"),
+        ("https://github.com/NVIDIA/Megatron-LM/issues/661", "https://github.com/NVIDIA/nccl/issues/1241"),
     ),
     FixCode(
         "DIST-006",
@@ -455,9 +511,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "DIST_TIMEOUT to what one step may take (VLMEvalKit); for lmms-eval, watch the job's logs and cancel it "
         "when ranks stop reporting, or lower the timeout in your lmms-eval copy.",
         (
-            "open-compass/VLMEvalKit#1131",
-            "open-compass/VLMEvalKit: run.py (DIST_TIMEOUT)",
-            "EvolvingLMMs-Lab/lmms-eval: lmms_eval/__main__.py, lmms_eval/models/llava.py (InitProcessGroupKwargs)",
+            "https://github.com/open-compass/VLMEvalKit/issues/1131",
+            "https://github.com/open-compass/VLMEvalKit/blob/main/run.py",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/__main__.py",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/models/simple/llava.py",
         ),
     ),
     FixCode(
@@ -466,7 +523,10 @@ _CATALOG: tuple[FixCode, ...] = (
         "VLMEvalKit's run.py reads `int(os.environ.get('DIST_TIMEOUT', 3600))` when WORLD_SIZE is above 1; any other "
         "value raises `ValueError: invalid literal for int() with base 10` before the eval starts.",
         "Set DIST_TIMEOUT to a whole number of seconds (`export DIST_TIMEOUT=1800`), or unset it for the default hour.",
-        ("open-compass/VLMEvalKit: run.py (DIST_TIMEOUT)", "open-compass/VLMEvalKit#1131"),
+        (
+            "https://github.com/open-compass/VLMEvalKit/blob/main/run.py",
+            "https://github.com/open-compass/VLMEvalKit/issues/1131",
+        ),
     ),
     FixCode(
         "DIST-008",
@@ -476,7 +536,7 @@ _CATALOG: tuple[FixCode, ...] = (
         "number of seconds: torch.distributed cannot initialise from it.",
         "Start the run with torchrun, `accelerate launch` or srun as docs/multi-node.md shows, which set these "
         "variables; under srun export MASTER_ADDR (the first node) and MASTER_PORT yourself.",
-        ("PyTorch docs: torch.distributed environment variable initialization (MASTER_ADDR, MASTER_PORT)",),
+        ("https://pytorch.org/docs/stable/distributed.html#environment-variable-initialization",),
     ),
 )
 

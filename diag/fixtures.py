@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from diag.checking import Check
+from diag.roots import PlanView, node_root, on_gpus, on_gpus_like
 from diag.session import DiagState, state_of
 from diag.topology.records import Gpu, Node, Selection, Topology
 
@@ -96,6 +97,33 @@ def map_case(twin_case: tuple[MapCase, bool]) -> MapCase:
 def case_topology(map_case: MapCase, diag_topology: Topology) -> Topology:
     """The GPUs a map case is judged on: its VLMEvalKit process's slice of the selection, else the selection."""
     return map_case.topology or diag_topology
+
+
+@pytest.fixture
+def plan_view(
+    request: pytest.FixtureRequest, map_case: MapCase, case_topology: Topology, diag_topology: Topology
+) -> PlanView:
+    """What the memory and same-device checks plan on, after the root findings (diag.roots).
+
+    No driver (ENV-001), a missing GPU (ENV-002), a busy GPU with too few free ones (ENV-006) or a launch that
+    must change (LAYOUT-001/002): skip, naming the root. A busy GPU with enough free ones: plan on the free
+    GPUs ENV-006's fix names, so every fix of the report names the same GPUs.
+    """
+    import os
+
+    from diag.layout import layout_root
+
+    root = node_root(diag_topology)
+    if root is not None and root.skip:
+        pytest.skip(root.skip)
+    layout = layout_root(state_of(request.config).options, os.environ, len(diag_topology.cuda.devices))
+    if layout is not None and layout.skip:
+        pytest.skip(layout.skip)
+    if root is None:
+        return PlanView(case_topology)
+    if map_case.topology is None:
+        return PlanView(on_gpus(diag_topology, root.gpus), root)
+    return PlanView(on_gpus_like(case_topology, diag_topology, root.gpus), root)
 
 
 @pytest.fixture

@@ -9,11 +9,17 @@ a slice is turned into the topology that process sees, so the device-map checks 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+import shlex
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from diag.devicemap.autosplit import parse_cuda_visible_devices_like_vlmevalkit, process_slices
+from diag.roots import Root
 from diag.topology.records import CudaDevice, SelectedGpu, Selection, Topology, uuid_key
+
+if TYPE_CHECKING:
+    from diag.options import DiagOptions
 
 
 @dataclass(frozen=True)
@@ -128,3 +134,59 @@ def slice_topology(topology: Topology, piece: ProcessSlice) -> Topology:
         topology.selection.origin, entries, piece.cuda_visible_devices, topology.selection.cuda_device_order
     )
     return Topology(topology.node, cuda, selection)
+
+
+def device_map_as_written(options: DiagOptions) -> object:
+    """The device_map the eval's --model_args (or --device-map) give, before any class rewrites it."""
+    from diag.devicemap.model_args import ModelArgsError, parse_model_args
+
+    try:
+        args = parse_model_args(options.model_args or "")
+    except ModelArgsError:
+        return None  # test_model_args_parse_like_lmms_eval says why
+    return args.get("device_map", options.device_map)
+
+
+def lmms_eval_strategy_in_processes(options: DiagOptions, processes: int, visible: int) -> str | None:
+    """The strategy (auto, …) lmms-eval would get in each of several processes: LAYOUT-002's condition."""
+    from diag.devicemap.plan import STRATEGIES
+
+    value = device_map_as_written(options)
+    if options.kit != "lmms-eval" or processes <= 1 or visible == 0 or value not in STRATEGIES:
+        return None
+    return str(value)
+
+
+def layout_root(options: DiagOptions, env: Mapping[str, str], visible: int) -> Root | None:
+    """LAYOUT-001 / LAYOUT-002 as root findings: the launch must change, so a plan of this launch is moot."""
+    count = local_processes(options.processes, env).count
+    if visible and count > visible:
+        return Root("LAYOUT-001", skip=f"{count} processes on {visible} visible GPUs: the launch changes with "
+                    "LAYOUT-001's fix, and this plan with it (see LAYOUT-001)")  # fmt: skip
+    if lmms_eval_strategy_in_processes(options, count, visible) is not None:
+        return Root("LAYOUT-002", skip="the launch changes with LAYOUT-002's fix (one process, or no device_map), "
+                    "which already says where the model fits (see LAYOUT-002)")  # fmt: skip
+    return None
+
+
+def eval_command_in_one_process(command: Sequence[str]) -> str | None:
+    """`accelerate launch … -m lmms_eval ARGS` (or torchrun) as `python -m lmms_eval ARGS`; None if not found."""
+    parts = list(command)
+    for i in range(len(parts) - 1):
+        if parts[i] == "-m" and parts[i + 1] == "lmms_eval":
+            lead = [t for t in parts[:i] if "=" in t and not t.startswith("-") and t.split("=")[0].isidentifier()]
+            return shlex.join([*lead, "python", *parts[i:]])
+    return None
+
+
+def eval_command_without_device_map(command: Sequence[str]) -> str | None:
+    """The eval command with device_map removed from its --model_args; None if it has no --model_args."""
+    from diag.roots import eval_command_with_model_args, model_args_without
+
+    parts = list(command)
+    for i, token in enumerate(parts):
+        if token == "--model_args" and i + 1 < len(parts):
+            return eval_command_with_model_args(parts, model_args_without(parts[i + 1], "device_map"))
+        if token.startswith("--model_args="):
+            return eval_command_with_model_args(parts, model_args_without(token.partition("=")[2], "device_map"))
+    return None

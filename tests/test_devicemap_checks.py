@@ -40,7 +40,7 @@ def test_an_empty_device_map_from_lmms_eval_gets_transformers_error_and_the_fix(
         "name (e.g. cpu, cuda:0) or 'auto', 'balanced', 'balanced_low_0', 'sequential' but found ."
     )
     assert fix in entry["fix"]["summary"]
-    assert "EvolvingLMMs-Lab/lmms-eval#33" in entry["references"]
+    assert "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/33" in entry["references"]
 
 
 def test_a_bare_key_in_model_args_is_lmms_evals_own_error(run_checks):

@@ -28,7 +28,7 @@ def test_two_lmms_eval_processes_with_device_map_auto_fail_and_the_fix_says_one_
     assert "llava-1.5-7b fits one GPU" in entry["fix"]["summary"]
     assert "one process with device_map=auto" in entry["fix"]["details"]  # the other fix is named too
     assert entry["data"]["layout"]["fits_one_gpu"] is True
-    assert "EvolvingLMMs-Lab/lmms-eval#50" in entry["references"]
+    assert "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/50" in entry["references"]
 
 
 def test_one_lmms_eval_process_with_device_map_auto_passes(run_checks):

@@ -32,7 +32,7 @@ def test_internvl2_76b_under_auto_on_four_gpus(run_checks):
         assert entry["outcome"] == "passed", run.text
         return
     assert entry["outcome"] == "failed" and entry["code"] == "FWD-002"
-    assert "OpenGVLab/InternVL#587" in entry["references"]
+    assert "https://github.com/OpenGVLab/InternVL/issues/587" in entry["references"]
     assert entry["fix"]["verified"] is True
     fixed = json.loads(Path(entry["fix"]["device_map_file"]).read_text())
     assert fixed["language_model.lm_head"] == fixed["language_model.model.embed_tokens"]
