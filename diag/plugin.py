@@ -193,18 +193,20 @@ def _library_warnings_kept(item: pytest.Item) -> Iterator[None]:
     if item.get_closest_marker("diag") is None:
         yield
         return
-    with captured_warnings() as caught:
-        try:
-            yield
-        finally:
-            kept = item.stash.setdefault(_LIBRARY_WARNINGS, [])
-            for warning in caught:
-                if not from_library(warning):
-                    reemit(warning)
-                elif (text := describe(warning)) not in kept:
-                    kept.append(text)
-            if kept:
-                item.user_properties.append((USER_PROPERTY, {"data": {"library_warnings": list(kept)}}))
+    capture = contextlib.ExitStack()
+    caught = capture.enter_context(captured_warnings())
+    try:
+        yield
+    finally:
+        capture.close()  # the filters in force before: what is handed on goes where it would have gone
+        kept = item.stash.setdefault(_LIBRARY_WARNINGS, [])
+        for warning in caught:
+            if not from_library(warning):
+                reemit(warning)
+            elif (text := describe(warning)) not in kept:
+                kept.append(text)
+        if kept:
+            item.user_properties.append((USER_PROPERTY, {"data": {"library_warnings": list(kept)}}))
 
 
 def plan_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -17,6 +17,7 @@ The order follows the root cause, so the first line is the one to act on:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,13 +45,15 @@ class Finding:
 
 
 def _subject(check: Mapping[str, Any]) -> str:
-    """Which GPU or model case: the check's own subject, else its parameter id, else its test name."""
-    if check.get("subject"):
-        return str(check["subject"])
+    """Which GPU or model case: the parameter id of a check run per case (`rank1-gpus1-internvl2-1b-auto`) with
+    the check's own subject (`device_map`) beside it; a check run per GPU says just `GPU 0`; an unparametrized
+    check without a subject gives its test name."""
+    subject = str(check.get("subject") or "")
     name = str(check.get("nodeid", "")).rsplit("::", 1)[-1]
-    if name.endswith("]") and "[" in name:
-        return name.rsplit("[", 1)[1][:-1]
-    return name
+    case = name.rsplit("[", 1)[1][:-1] if name.endswith("]") and "[" in name else ""
+    if case and not re.fullmatch(r"gpu\d+|no-gpu", case) and case not in subject:
+        return f"{case} ({subject})" if subject else case
+    return subject or case or name
 
 
 def findings(checks: Iterable[Mapping[str, Any]]) -> list[Finding]:
@@ -69,12 +72,12 @@ def findings(checks: Iterable[Mapping[str, Any]]) -> list[Finding]:
 
 
 def finding_line(finding: Finding) -> str:
-    """`[MAP-007] internvl2-76b-device-map: <what> Fix: Use the corrected map reports/device-map-….json.`
+    """`[MAP-007] internvl2-76b-device-map: <what>; fix: Use the corrected map reports/device-map-….json.`
 
     A failure's message is already in pytest's own failure output, so its line gives the fix; a warning's
     message is shown nowhere else, so its line gives both. The corrected map file is named when there is one.
     """
-    text = f"{finding.message} Fix: {finding.fix}" if finding.kind == "warning" else finding.fix
+    text = f"{finding.message.rstrip('. ')}; fix: {finding.fix}" if finding.kind == "warning" else finding.fix
     if finding.device_map_file and finding.device_map_file not in text:
         text += f" (corrected map: {finding.device_map_file})"
     return f"[{finding.code}] {finding.subject}: {text.strip()}"
