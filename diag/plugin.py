@@ -9,9 +9,10 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ from diag import fixtures
 from diag.checking import USER_PROPERTY, CheckFailed
 from diag.dist import fixtures as dist_fixtures
 from diag.fixes import lookup
+from diag.noise import captured_warnings, describe, from_library, reemit
 from diag.options import add_options, read_options
 from diag.session import STATE, WORKER_TOPOLOGY, DiagState, last_line
+from diag.summary import NEXT_STEP, summary_lines
 from diag.topology.files import cuda_view_to_dict, node_to_dict
 from diag.topology.records import Topology
 from diag.topology.selection import PCI_BUS_ID
@@ -116,6 +119,16 @@ class SessionHooks:
             report.user_properties.append((USER_PROPERTY, {"failure": call.excinfo.value.payload}))
         return report
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        with _library_warnings_kept(item):
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        with _library_warnings_kept(item):
+            return (yield)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Under xdist the controller receives every worker's reports through this hook.
         if self.state.is_controller:
@@ -124,6 +137,9 @@ class SessionHooks:
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed and self.state.is_controller:
             self.state.record_collect_error(report)
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.state.remove_stale_maps()
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.state.write()
@@ -145,23 +161,52 @@ class SessionHooks:
         if not self.state.is_controller:
             return
         terminalreporter.write_sep("-", "diag")
+        if self.state.collect_only:
+            terminalreporter.write_line("diag report: not written (--collect-only: no check ran)")
+            return
         for entry in self.state.results.values():
             plan = entry.get("data", {}).get("plan")
             if plan:
                 terminalreporter.write_line(f"plan for {entry['nodeid'].rsplit('[', 1)[-1].rstrip(']')}:")
                 for line in plan_table(plan):
                     terminalreporter.write_line("  " + line)
-        for entry in self.state.results.values():
-            if entry["outcome"] in ("failed", "error"):
-                where = entry.get("subject") or entry["nodeid"].rsplit("::", 1)[-1]
-                summary = (entry.get("fix") or {}).get("summary", "")
-                terminalreporter.write_line(f"{entry['code']} {where}: {summary}")
+        for line in summary_lines(self.state.report()):
+            terminalreporter.write_line(line, bold=line.startswith(NEXT_STEP))
         if self.state.written is not None:
             terminalreporter.write_line(f"diag report: {self.state.written}")
         else:
             terminalreporter.write_line(
                 f"diag report: could not write {self.state.report_path}: {self.state.write_error}"
             )
+
+
+_LIBRARY_WARNINGS = pytest.StashKey[list[str]]()
+
+
+@contextlib.contextmanager
+def _library_warnings_kept(item: pytest.Item) -> Iterator[None]:
+    """Inside a diag check, the libraries' warnings go to the check's report entry, not pytest's warnings summary.
+
+    Everything a check runs is diag's own use of accelerate, transformers and torch (planning, twins on simulated
+    GPUs); their warnings there are not about the user's code (diag.noise). Other warnings pass on unchanged.
+    """
+    if item.get_closest_marker("diag") is None:
+        yield
+        return
+    capture = contextlib.ExitStack()
+    caught = capture.enter_context(captured_warnings())
+    try:
+        yield
+    finally:
+        capture.close()  # the filters in force before: what is handed on goes where it would have gone
+        kept = item.stash.setdefault(_LIBRARY_WARNINGS, [])
+        for warning in caught:
+            if not from_library(warning):
+                reemit(warning)
+            elif (text := describe(warning)) not in kept:
+                kept.append(text)
+        if kept:
+            item.user_properties.append((USER_PROPERTY, {"data": {"library_warnings": list(kept)}}))
 
 
 def plan_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -8,10 +8,10 @@ import json
 import os
 import platform
 import re
+import secrets
 import shlex
 import string
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from importlib import metadata
@@ -240,11 +240,25 @@ def report_path(template: str | None, rootpath: Path, rank: int | None, host: st
     return Path(rootpath, template.format(rank=0 if rank is None else rank, host=host))
 
 
+def _new_temp_file(target: Path) -> tuple[int, Path]:
+    """A new file beside the target, created with mode 0666 so the umask shapes it as it does any new file
+    (0644 under umask 022; tempfile.mkstemp would make it 0600)."""
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def write_report(path: str | os.PathLike[str], report: Mapping[str, Any]) -> Path:
-    """Replace the report file atomically (a reader sees the old or the new file, never half of one)."""
+    """Replace the report file atomically (a reader sees the old or the new file, never half of one).
+
+    The file gets the permissions the umask gives any new file, as if written in place.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = _new_temp_file(target)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2, default=str)

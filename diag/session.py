@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +17,7 @@ from diag.dist import ranks
 from diag.dist.ranks import LaunchEnvError, launched_rank, rank_info
 from diag.fixes import lookup
 from diag.options import DiagOptions
-from diag.report import ReportPathError, build_report, report_path, write_report
+from diag.report import SCHEMA, ReportPathError, build_report, report_path, write_report
 from diag.topology import build_topology
 from diag.topology.files import cuda_view_from_dict, node_from_dict
 from diag.topology.records import Topology
@@ -44,6 +47,7 @@ class DiagState:
             self.report_path = report_path(options.report_path, config.rootpath, rank, host)
         except ReportPathError as exc:
             raise pytest.UsageError(str(exc)) from None
+        self.launched = rank is not None
         self.written: Path | None = None
         self.write_error: str | None = None
         self.internal_error: str | None = None
@@ -160,14 +164,76 @@ class DiagState:
             eval_command=self.options.eval_command,
         )
 
+    @property
+    def collect_only(self) -> bool:
+        """`--collect-only` / `--co`: no check runs, so there is no report to write."""
+        return bool(self.config.getoption("collectonly", False))
+
+    def remove_stale_maps(self) -> list[Path]:
+        """Remove the corrected maps the previous run's report points to beside it, before this run writes its own.
+
+        Only the controller of a run that checks does this, and not under a launcher (the ranks share the folder
+        and one rank's cleaning would race another's writing). A map this run's command line names (a corrected
+        map passed back as `--device-map`) is kept.
+        """
+        if not self.is_controller or self.collect_only or self.launched:
+            return []
+        keep = " ".join([*self.config.invocation_params.args, *(self.options.eval_command or ())])
+        removed = []
+        for path in stale_map_files(self.report_path):
+            if path.name in keep:
+                continue
+            try:
+                path.unlink()
+            except OSError:
+                continue  # gone already, or not ours to remove: the run goes on
+            removed.append(path)
+        return removed
+
     def write(self) -> None:
-        if not self.is_controller:
+        if not self.is_controller or self.collect_only:
             return
         try:
             self.written = write_report(self.report_path, self.report())
             self.write_error = None
         except Exception as exc:  # writing the report never crashes the run; the summary says it failed
             self.write_error = f"{type(exc).__name__}: {exc}"
+
+
+MAP_FILE_NAME = r"device-map-[A-Za-z0-9_.:-]+?\.json"  # what diag.devicemap.cases.write_map names a map
+
+
+def stale_map_files(report: Path) -> list[Path]:
+    """The corrected device maps a previous diag report at `report` names in its own folder and that still exist.
+
+    Only names matching diag's pattern (`device-map-<case>.json`), cited with the report's folder as their
+    folder by a fix (or a warning's fix) of a report with diag's schema: no other file is ever a candidate.
+    """
+    try:
+        previous = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(previous, dict) or previous.get("schema") != SCHEMA:
+        return []
+    folder = report.parent
+    cited = re.compile(r"(?<![\w./-])" + re.escape(str(folder) + os.sep) + f"({MAP_FILE_NAME})(?![\\w-])")
+    try:
+        fixes = [[c.get("fix"), *(w.get("fix") for w in c.get("warnings") or [])] for c in previous["checks"]]
+    except (KeyError, TypeError, AttributeError):  # not a report diag wrote: nothing in it is a candidate
+        return []
+    names = {m[1] for text in _strings(fixes) for m in cited.finditer(text)}
+    return [folder / name for name in sorted(names) if (folder / name).is_file()]
+
+
+def _strings(data: Any) -> Iterator[str]:
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, dict):
+        for value in data.values():
+            yield from _strings(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _strings(value)
 
 
 def _launch_section() -> dict[str, Any] | None:

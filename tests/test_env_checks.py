@@ -98,7 +98,9 @@ def test_a_busy_gpu_fails_exactly_its_check_and_names_free_gpus(run_checks, node
     assert entry["fix"]["verified"] is False
     assert entry["references"]
     assert run.report["topology"]["source"] == "file"
-    run.result.stdout.fnmatch_lines(["ENV-006 GPU 0: Use free GPUs: --gpus 1,2,3,4*", "diag report: *diag-report.json"])
+    run.result.stdout.fnmatch_lines(
+        ["next step: [[]ENV-006[]] GPU 0: Use free GPUs: --gpus 1,2,3,4*", "diag report: *diag-report.json"]
+    )
     jsonschema.validate(run.report, SCHEMA)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from diag.noise import captured_warnings
 from diag.virtual.ordinals import cuda_ordinals_in_accelerate
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -47,13 +48,18 @@ def host_memory_bytes() -> int:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """accelerate warns that simulated devices are "not available"; the plan is for the node, not this host."""
+    """Planning for the node, not this host: the libraries' logs and warnings about it are not the user's.
+
+    accelerate warns that simulated devices are "not available" and about keys and offloading of the meta
+    model; what of it matters (memory, offloading, map keys) the checks report with their own codes, so the
+    captured warnings are dropped (diag.noise).
+    """
     loggers = [logging.getLogger(name) for name in ("accelerate", "accelerate.utils.modeling", "transformers")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stderr(io.StringIO()), captured_warnings():
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
@@ -192,23 +198,48 @@ class PlanRow:
         }
 
 
-def summarize_modules(names: list[str], layers_prefix: str | None) -> str:
-    """`vision_model, mlp1, layers 0-9, norm` from the map keys a device holds."""
-    parts: list[str] = []
-    layer_numbers: list[int] = []
+MODULES_WIDTH = 160  # a plan row's module list stays readable; what does not fit is counted ("+12 more")
+
+
+def summarize_modules(names: list[str], layers_prefix: str | None, width: int = MODULES_WIDTH) -> str:
+    """`vision_model, mlp1, layers 0-9, norm` from the map keys a device holds.
+
+    Every numbered module list is shortened to its name and ranges, where its first member appears:
+    `model.vision.transformer.layers 0-62`; the decoder layers (`layers_prefix`) are called just `layers`.
+    A key inside a member (a split layer, `model.layers.5.mlp`) counts as that member. Parts beyond `width`
+    characters are counted instead of listed: `…, lm_head, +3 more`.
+    """
+    parts: list[str] = []  # a module name, or the prefix of a module list whose ranges go there
+    numbers: dict[str, list[int]] = {}
     for name in names:
-        if layers_prefix and name.startswith(layers_prefix + "."):
-            rest = name[len(layers_prefix) + 1 :].split(".")[0]
-            if rest.isdigit():
-                if not layer_numbers:
-                    parts.append("")  # the layer ranges go where the first layer appears
-                if int(rest) not in layer_numbers:
-                    layer_numbers.append(int(rest))
-                continue
-        parts.append(name or "(whole model)")
-    if layer_numbers:
-        parts[parts.index("")] = _ranges("layers", sorted(layer_numbers))
-    return ", ".join(parts)
+        pieces = name.split(".")
+        index = next((i for i, piece in enumerate(pieces) if i and piece.isdigit()), None)
+        if index is None:
+            parts.append(name or "(whole model)")
+            continue
+        prefix = ".".join(pieces[:index])
+        if prefix not in numbers:
+            numbers[prefix] = []
+            parts.append(prefix)
+        if int(pieces[index]) not in numbers[prefix]:
+            numbers[prefix].append(int(pieces[index]))
+    texts = [
+        _ranges("layers" if part == layers_prefix else part, sorted(numbers[part])) if part in numbers else part
+        for part in dict.fromkeys(parts)
+    ]
+    return _capped(texts, width)
+
+
+def _capped(texts: list[str], width: int) -> str:
+    """The texts joined with ", ", ending in "+N more" before the first one that would pass `width` characters."""
+    shown: list[str] = []
+    for i, text in enumerate(texts):
+        left = len(texts) - i - 1
+        candidate = ", ".join([*shown, text]) + (f", +{left} more" if left else "")
+        if shown and len(candidate) > width:
+            return ", ".join([*shown, f"+{len(texts) - i} more"])
+        shown.append(text)
+    return ", ".join(shown)
 
 
 def _ranges(label: str, numbers: list[int]) -> str:
