@@ -208,7 +208,7 @@ def test_two_lmms_eval_processes_with_auto_fail_and_the_command_is_not_started(t
     assert checks["test_lmms_eval_does_not_combine_processes_with_device_map_auto"]["code"] == "LAYOUT-002"
     lines = _said(capsys.readouterr().err)
     decision = lines.index(next(line for line in lines if line.startswith("checks failed (pytest exit code 1): ")))
-    assert lines[decision + 1].startswith("  LAYOUT-002 ")  # the wrapper lists the failure with its fix
+    assert lines[decision + 1].startswith("  next step: [LAYOUT-002] ")  # the wrapper lists the failure with its fix
     assert (
         lines[-1].startswith("not starting accelerate launch --num_processes 2 -m lmms_eval")
         and "Traceback" not in lines
@@ -495,12 +495,14 @@ MAP_WARNING = {"code": "MAP-005", "message": "the map names layers.32", "fix": "
 def test_report_lines_give_each_failure_and_warning_once_with_its_code_and_fix():
     report = {"checks": [
         _check("a[rank0]", warnings=[SPLIT_WARNING, MAP_WARNING]), _check("a[rank1]", warnings=[SPLIT_WARNING]),
+        _check("d[rank1]", warnings=[SPLIT_WARNING]),
         _check("b", "failed", "ENV-006", "Use free GPUs: --gpus 1,2.", "GPU 0"), _check("c", "error", "DIAG-003", "x"),
     ]}  # fmt: skip
     failures, warnings = wrapper.report_lines(report)
-    assert failures == ["ENV-006 GPU 0: Use free GPUs: --gpus 1,2.", "DIAG-003: x"]
-    assert warnings == ["SPLIT-001: VLMEvalKit before Dec 30 would address cuda:0-7; fix: Update it.",
-                        "MAP-005: the map names layers.32; fix: Use the corrected map m.json."]  # fmt: skip
+    assert failures == ["[ENV-006] GPU 0: Use free GPUs: --gpus 1,2.", "[DIAG-003] c: x"]
+    split = "VLMEvalKit before Dec 30 would address cuda:0-7; fix: Update it."
+    assert warnings == ["[MAP-005] rank0: the map names layers.32; fix: Use the corrected map m.json.",
+                        f"[SPLIT-001] rank0: {split}", f"[SPLIT-001] rank1: {split}"]  # fmt: skip
 
 
 def _fake_checks(monkeypatch, report, returncode=0):
@@ -522,8 +524,8 @@ def test_warnings_are_listed_and_never_called_every_check_passed(tmp_path, capsy
     said = _said(capsys.readouterr().err)
     assert "every check passed" not in " ".join(said)
     assert said[-5:] == ["checks passed with 2 warnings:",
-                         "  SPLIT-001: VLMEvalKit before Dec 30 would address cuda:0-7; fix: Update it.",
-                         "  MAP-005: the map names layers.32; fix: Use the corrected map m.json.",
+                         "  next step: [MAP-005] a: the map names layers.32; fix: Use the corrected map m.json.",
+                         "  [SPLIT-001] a: VLMEvalKit before Dec 30 would address cuda:0-7; fix: Update it.",
                          "the eval's environment: CUDA_VISIBLE_DEVICES unset (every GPU), CUDA_DEVICE_ORDER unset "
                          "(FASTEST_FIRST)", f"starting {shlex.join(command)}"]  # fmt: skip
     assert [args for _, args, _ in started] == [command]  # the report said nvml: this machine's node
@@ -535,8 +537,8 @@ def test_failures_and_warnings_are_listed_before_not_starting(tmp_path, capsys, 
     assert wrapper.main(["--diag-report", str(tmp_path / "r.json"), "--", sys.executable, "-c", "1"]) == 1
     said = _said(capsys.readouterr().err)
     assert said[-4:] == ["checks failed (pytest exit code 1): 1 failure, 1 warning:",
-                         "  ENV-006 GPU 0: Use free GPUs: --gpus 1,2.",
-                         "  SPLIT-001: VLMEvalKit before Dec 30 would address cuda:0-7; fix: Update it.",
+                         "  next step: [ENV-006] GPU 0: Use free GPUs: --gpus 1,2.",
+                         "  [SPLIT-001] GPU 0: VLMEvalKit before Dec 30 would address cuda:0-7; fix: Update it.",
                          f"not starting {sys.executable} -c 1: fix the failures above"]  # fmt: skip
     assert not started
 
@@ -556,10 +558,12 @@ def test_the_warnings_of_a_real_run_reach_the_terminal_before_the_decision(tmp_p
         assert any(line.startswith("checks failed (pytest exit code 1): ") for line in said)
     else:
         assert code == wrapper.NOT_THIS_NODE and "every check passed" not in said
-        head = said.index(f"checks passed with {len({(w['code'], w['message']) for w in warnings})} warnings:")
+        head = said.index(
+            f"checks passed with {len(wrapper.report_lines(json.loads(report.read_text()))[1])} warnings:"
+        )
         assert said[head + 1 :][-2] == "the eval's environment: CUDA_VISIBLE_DEVICES=4,5,6, CUDA_DEVICE_ORDER unset " \
                                        "(FASTEST_FIRST), AUTO_SPLIT=1"  # fmt: skip
-    assert any(line.startswith("  SPLIT-001: VLMEvalKit from Dec 9 to Dec 30 2024") for line in said)
+    assert any("[SPLIT-001]" in line and "VLMEvalKit from Dec 9 to Dec 30 2024" in line for line in said)
     assert not started
 
 

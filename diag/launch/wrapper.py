@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from diag.launch.commands import LMMS_EVAL, VLMEVALKIT, CommandError, EvalCommand, recognise, vlmevalkit_checkpoint
 from diag.launch.findeval import find_eval
+from diag.summary import NEXT_STEP
 
 if TYPE_CHECKING:
     import pytest
@@ -280,26 +281,18 @@ def _read_report(path: Path, since: float) -> dict[str, Any] | None:
 
 
 def report_lines(report: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """(failures, warnings) of a report, one line each with its code and fix, repeated lines once.
+    """(failures, warnings) of a report, one line each, in the terminal summary's order and words
+    (diag.summary: root cause first), a line repeated by several checks given once."""
+    from diag.summary import finding_line, findings
 
-    The wrapper's own formatter; when diag/summary.py's summary_lines lands, this is the one function to swap.
-    """
     failures: list[str] = []
     warnings: list[str] = []
-    for check in report.get("checks") or []:
-        if not isinstance(check, dict):
-            continue
-        if check.get("outcome") in ("failed", "error"):
-            fix = (check.get("fix") or {}).get("summary") or check.get("message") or ""
-            subject = f" {check['subject']}" if check.get("subject") else ""
-            line = f"{check.get('code') or '?'}{subject}: {fix}"
-            if line not in failures:
-                failures.append(line)
-        for warning in check.get("warnings") or []:
-            message = str(warning.get("message", "")).rstrip(". ")
-            line = f"{warning.get('code', '?')}: {message}; fix: {warning.get('fix', '')}"
-            if line not in warnings:
-                warnings.append(line)
+    checks = [c for c in report.get("checks") or [] if isinstance(c, dict)]
+    for finding in findings(checks):
+        lines = failures if finding.kind == "failure" else warnings
+        line = finding_line(finding)
+        if line not in lines:
+            lines.append(line)
     return failures, warnings
 
 
@@ -403,8 +396,8 @@ def main(argv: Sequence[str]) -> int:
              f"{_count(warnings, 'warning')}" + (":" if failures or warnings else ""))  # fmt: skip
     else:
         _say(f"checks passed with {_count(warnings, 'warning')}:" if warnings else "every check passed")
-    for line in [*failures, *warnings]:
-        _say(f"  {line}")
+    for index, line in enumerate([*failures, *warnings]):
+        _say(f"  {NEXT_STEP if index == 0 else ''}{line}")
     if plan.error:
         _say("not starting the command: " + ("the checks that could run passed, but " if returncode == 0 else "")
              + "the command itself is the problem above")  # fmt: skip
