@@ -42,11 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run the checks an eval command implies, then the command if they pass: "
-        "run [diag options] [--dry-run] [--start-anyway] -- COMMAND … (run --help: its options)",
+        "run [diag options] [--dry-run | --check-only] [--start-anyway] -- COMMAND (run --help: its options)",
         prefix_chars="+",  # every `-…` argument belongs to diag's options or to COMMAND, not to this parser
         add_help=False,
     )
-    run.add_argument("args", nargs=argparse.REMAINDER, help="[diag options] [--dry-run] [--start-anyway] -- COMMAND …")
+    run.add_argument(
+        "args", nargs=argparse.REMAINDER, help="[diag options] [--dry-run | --check-only] [--start-anyway] -- COMMAND"
+    )
     return parser
 
 

@@ -310,7 +310,8 @@ def test_help_lists_the_options_exit_codes_and_examples(capsys, monkeypatch, fla
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("help ran something"))
     assert wrapper.main(["--simulate", "8xA100-80GB", flag]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: python -m diag run [diag options] [--dry-run] [--start-anyway] -- COMMAND")
+    assert out.startswith(f"usage: {wrapper.USAGE}")
+    assert "[--dry-run | --check-only] [--start-anyway] -- COMMAND" in wrapper.USAGE
     for option in ("--dry-run", "--start-anyway", "--gpus IDS", "--simulate SPEC", "--topology PATH", "--model ",
                    "--device-map VALUE", "--model-args STRING", "--processes N", "--diag-report PATH"):  # fmt: skip
         assert f"\n  {option}" in out, option
@@ -335,7 +336,7 @@ def test_diag_help_lists_run_and_run_help_exits_0():
     text = " ".join(_parser().format_help().split())  # argparse wraps the lines
     assert "{topology,fix-codes,merge,run}" in text
     assert "run run the checks an eval command implies, then the command if they pass: run [diag options] " \
-           "[--dry-run] [--start-anyway] -- COMMAND … (run --help: its options)" in text  # fmt: skip
+           "[--dry-run | --check-only] [--start-anyway] -- COMMAND (run --help: its options)" in text  # fmt: skip
     result = subprocess.run([sys.executable, "-m", "diag", "run", "-h"], capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stderr) == (0, "") and result.stdout.startswith("usage: python -m diag run")
 
@@ -612,3 +613,20 @@ def test_the_eval_command_inside_pytests_command_is_redacted_as_a_command(args):
 
     line = redacted_command(args)
     assert "hf_X" not in line and "hf_Y" not in line and line.startswith("pytest --eval-command")
+
+
+@pytest.mark.parametrize("source", ["nvml", "simulated"])
+def test_check_only_runs_the_checks_and_never_starts_the_command(tmp_path, capsys, monkeypatch, started, source):
+    _fake_checks(monkeypatch, {"topology": {"source": source}, "checks": [_check("a", warnings=[SPLIT_WARNING])]})
+    command = [sys.executable, "-c", "1"]
+    assert wrapper.main(["--check-only", "--diag-report", str(tmp_path / "r.json"), "--", *command]) == 0
+    said = _said(capsys.readouterr().err)
+    assert said[-1] == f"not starting {shlex.join(command)}: --check-only" and not started
+    assert "checks passed with 1 warning:" in said
+
+
+def test_check_only_keeps_a_failed_checks_exit_code(tmp_path, capsys, monkeypatch, started):
+    failed = _check("a", "failed", "ENV-006", "Use free GPUs: --gpus 1,2.", "GPU 0")
+    _fake_checks(monkeypatch, {"topology": {"source": "nvml"}, "checks": [failed]}, 1)
+    assert wrapper.main(["--check-only", "--diag-report", str(tmp_path / "r.json"), "--", sys.executable]) == 1
+    assert not started

@@ -28,7 +28,7 @@ from diag.summary import NEXT_STEP
 if TYPE_CHECKING:
     import pytest
 
-USAGE = "python -m diag run [diag options] [--dry-run] [--start-anyway] -- COMMAND …"
+USAGE = "python -m diag run [diag options] [--dry-run | --check-only] [--start-anyway] -- COMMAND"
 ENV_CHECKS = "test_env.py"
 LAYOUT_CHECKS = "test_layout.py"
 # Exit codes of the wrapper besides pytest's own (1 a check failed, 3 internal error, 4 pytest usage error).
@@ -314,6 +314,8 @@ def _help() -> str:
     rows = [(f"{names[0]} {metavar}" if metavar else names[0], WRAPPER_HELP.get(names[0], text))
             for names, metavar, text in collector.options if names[0] not in WRAPPER_PASSES]  # fmt: skip
     rows = [("--dry-run", "print the pytest command it would run, and run nothing"),
+            ("--check-only", "run the checks and list what they found, but never start COMMAND (CI); the exit code "
+             "is the checks' (0 when they pass)"),
             ("--start-anyway", "start COMMAND even though the node checked was simulated or replayed"),
             ("-h, --help", "this help"), *rows]  # fmt: skip
     width = max(len(name) for name, _ in rows) + 2
@@ -350,7 +352,8 @@ def main(argv: Sequence[str]) -> int:
         return USAGE_ERROR
     diag_args, command = args[:split], args[split + 1 :]
     dry_run, start_anyway = "--dry-run" in diag_args, "--start-anyway" in diag_args
-    diag_args = [a for a in diag_args if a not in ("--dry-run", "--start-anyway")]
+    check_only = "--check-only" in diag_args
+    diag_args = [a for a in diag_args if a not in ("--dry-run", "--start-anyway", "--check-only")]
     checks = checks_dir()
     if checks is None:
         _say("error: the diag.checks package is missing: reinstall diag (pip install -e . from its clone)")
@@ -410,6 +413,9 @@ def main(argv: Sequence[str]) -> int:
         _say(f"not starting {shlex.join(command)}: {found.missing}")
         return EVAL_NOT_FOUND
     _say(eval_env_line(env))
+    if check_only:
+        _say(f"not starting {shlex.join(command)}: --check-only")
+        return 0
     elsewhere = _checked_elsewhere(report, diag_args)
     if elsewhere and not start_anyway:
         _say(f"not starting {shlex.join(command)}: the node checked was {elsewhere}, not this machine's (exit code "
