@@ -211,8 +211,9 @@ def test_model_fits_in_gpu_memory(
                    + " and ".join(r.device for r in offload) + f" ({offload[0].modules}): the selected GPUs' free "
                    "memory does not hold the model" + (f"; {shortfalls}" if shortfalls else ""),
                    (f"Select {need} GPUs with {largest / gib:.0f} GiB free{which} (now {len(gpus)}: the planner fits "
-                    f"the model on {need}), or load it in 8-bit/4-bit." if need else
-                    "No node of such GPUs holds this model in this dtype: load it in 8-bit/4-bit.") + note,
+                    f"the model on {need})." if need else
+                    "No node of such GPUs holds this model in this dtype: use GPUs with more memory, or an 8-bit/4-bit "
+                    "load where the eval's model class offers one.") + note,
                    subject=map_case.id if map_case.topology is not None else map_case.model.name,
                    env=env, commands=commands)  # fmt: skip
     if not short:

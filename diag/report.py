@@ -198,7 +198,7 @@ def build_report(
     launch: Mapping[str, Any] | None = None,
     eval_command: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The whole report as JSON data (DESIGN.md's `diag-report/1`; fields beyond it are additions, never renames).
+    """The whole report as JSON data (`diag-report/1`, diag/schema/diag-report-1.json; added fields, no renames).
 
     `host` is the machine that ran the checks; `launch` this process's place in a launched job (rank, world size,
     local rank, launcher, rendezvous), None when no launcher started it. `eval_command` the eval command the

@@ -1,4 +1,4 @@
-"""Why a twin run crossed devices, and the map that fixes it (FACTS.md, "InternVL2 (remote code) on several GPUs").
+"""Why a twin run crossed devices, and the map that fixes it (InternVL #587, #133; CogVLM #122, #256).
 
 Each cause comes from the run's own evidence (the stage, the two devices, the module whose forward raised) and
 the map; its fix is a new map, which the caller re-runs before calling it verified.

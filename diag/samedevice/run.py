@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from diag.noise import captured_warnings
 from diag.twins import ModelSpec, build_tiny, example_inputs
 from diag.twins.internvl import TwinTokenizer
 
@@ -51,7 +52,15 @@ class RunResult:
 
 def dispatch(model: torch.nn.Module, device_map: Mapping[str, Any]) -> None:
     """Place the twin as from_pretrained(device_map=…) does: the installed transformers' dispatch where it has
-    one (5.x `accelerate_dispatch`), else accelerate's `dispatch_model` with the model's skip keys (4.x)."""
+    one (5.x `accelerate_dispatch`), else accelerate's `dispatch_model` with the model's skip keys (4.x).
+
+    accelerate's warnings about diag's own placement (a map key naming a parameter, as CogVLM's `boi`) are
+    captured: the map checks say what matters about the user's map in diag's words (MAP-005)."""
+    with captured_warnings():
+        _dispatch(model, device_map)
+
+
+def _dispatch(model: torch.nn.Module, device_map: Mapping[str, Any]) -> None:
     tie_weights = getattr(model, "tie_weights", None)
     if tie_weights is not None:
         tie_weights()

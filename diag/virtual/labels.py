@@ -5,7 +5,7 @@ Parameters built on a tensor, and `param.data = t` all share the label of the me
 
 The key is the storage's identity (the address of its c10::StorageImpl, `untyped_storage()._cdata`), never
 `data_ptr()`: every empty tensor has data pointer 0, and one shared label for all of them turned a passing
-generate into a false cross-device error (DESIGN.md, "Simulation"). An address can be reused once its storage
+generate into a false cross-device error. An address can be reused once its storage
 is freed, so each label holds a reference to its storage: the address cannot be reused while labelled. Labels
 whose storage nobody else can reach any more are dropped in periodic sweeps.
 """

@@ -2,7 +2,7 @@
 
 FakeTensorMode is not usable here: it cannot run data-dependent steps (HF LLaVA's image-token count check,
 InternVL's boolean-mask merge), and on the CPU-only build some ops fail with `PyTorch is not linked with
-support for cuda devices` (DESIGN.md, "Simulation"). So every op runs for real, on the CPU, and this mode
+support for cuda devices`. So every op runs for real, on the CPU, and this mode
 (1) answers `Tensor.device` and friends with the virtual device, (2) turns `.to()`, `.cuda()` and `device=`
 arguments into CPU work plus a label, and (3) checks each op's tensor arguments as torch does on GPUs
 before running it.
@@ -342,7 +342,7 @@ class VirtualMode(TorchFunctionMode):
 
     def _to(self, rule: OpRule, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # Tensor.to(device=None, dtype=None, non_blocking=False, copy=False), to(dtype, ...), to(other, ...);
-        # Module.to calls it as t.to(device_or_None, dtype_or_None, non_blocking_bool) (DESIGN.md lesson).
+        # Module.to calls it as t.to(device_or_None, dtype_or_None, non_blocking_bool).
         tensor = args[0]
         source = self.labels.device_of(tensor)
         target: torch.device | None = None

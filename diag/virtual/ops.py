@@ -93,8 +93,8 @@ _BY_NAME: dict[str, Kind] = {
     "torch.as_tensor": Kind.FROM_DATA,
     "torch.asarray": Kind.FROM_DATA,
     "Tensor.__repr__": Kind.REPR,
-    # Metadata, or calls torch runs across devices by design: Module.to asks the first and assigns the second
-    # (DESIGN.md, "Simulation"); the *_as calls read only the other tensor's shape.
+    # Metadata, or calls torch runs across devices by design: Module.to asks the first and assigns the second;
+    # the *_as calls read only the other tensor's shape.
     "torch._has_compatible_shallow_copy_type": Kind.UNCHECKED,
     "Tensor.is_set_to": Kind.UNCHECKED,
     "Tensor.is_same_size": Kind.UNCHECKED,
