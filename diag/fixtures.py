@@ -48,8 +48,18 @@ def diag_selection(diag_topology: Topology) -> Selection:
 
 @pytest.fixture
 def check(request: pytest.FixtureRequest) -> Check:
-    """Fail with a fix code, warn, or record facts for this check's report entry."""
-    return Check(request.node.user_properties)
+    """Fail with a fix code, warn, or record facts for this check's report entry.
+
+    A check run per model case also records which config its verdict rests on (`data.model`): the checkpoint's
+    own (`source` "hub-cache" or "config", with its path) or diag's preset standing in for it ("preset")."""
+    check = Check(request.node.user_properties)
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    case = params.get("map_case") or (params.get("twin_case") or (None,))[0]
+    model = getattr(case, "model", None)
+    if model is not None:
+        check.record("model", {"name": model.name, "family": model.family, "source": model.source,
+                               "config_path": model.config_path})  # fmt: skip
+    return check
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

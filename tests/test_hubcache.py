@@ -102,3 +102,12 @@ def test_a_cached_config_of_a_family_diag_cannot_build_names_it(cache: Path, no_
 @pytest.mark.parametrize("value", ["../etc", "a b/c", "", "/abs/path"])
 def test_what_is_not_a_hub_id_is_not_looked_up(value: str, cache: Path) -> None:
     assert cached_config(value) is None
+
+
+def test_the_report_says_which_config_each_verdict_rests_on(run_checks, cache: Path, no_network: None) -> None:
+    snapshot = lay_out(cache, LLAVA, _shallower_llava())
+    run = run_checks("--simulate", "2xA100-80GB", "--model-args", f"pretrained={LLAVA},device_map=auto",
+                     target="checks/test_devicemap.py")  # fmt: skip
+    models = [c["data"]["model"] for c in run.report["checks"] if "model" in c.get("data", {})]
+    assert models and all(m == {"name": LLAVA, "family": "llava", "source": "hub-cache",
+                                "config_path": str(snapshot)} for m in models)  # fmt: skip

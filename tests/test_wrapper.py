@@ -265,8 +265,6 @@ def test_vlmevalkit_torchrun_over_four_gpus_checks_two_slices(tmp_path, monkeypa
 @pytest.mark.parametrize(
     ("command", "words", "files"),
     [
-        (["python", "run.py", "--data", "MME", "--model", "GPT4o"], "VLMEvalKit model 'GPT4o' has no diag preset",
-         {"test_env.py", "test_layout.py"}),
         (["torchrun", "--nproc-per-node", "two", "run.py", "--data", "MME", "--model", "InternVL2-8B"],
          "torchrun options: --nproc-per-node two: Unsupported nproc_per_node value: two", {"test_env.py"}),
     ],
@@ -630,3 +628,21 @@ def test_check_only_keeps_a_failed_checks_exit_code(tmp_path, capsys, monkeypatc
     _fake_checks(monkeypatch, {"topology": {"source": "nvml"}, "checks": [failed]}, 1)
     assert wrapper.main(["--check-only", "--diag-report", str(tmp_path / "r.json"), "--", sys.executable]) == 1
     assert not started
+
+
+def test_a_model_diag_cannot_build_never_keeps_the_eval_from_starting(
+    tmp_path, capsys, monkeypatch, started, installed
+):
+    """No preset and no cached config: the environment and layout checks run, the model checks are skipped with
+    how to give diag the model, and the eval starts when they pass (here, with --start-anyway on a simulated node)."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    report = tmp_path / "r.json"
+    command = ["python", "run.py", "--data", "MME", "--model", "GPT4o"]
+    code = wrapper.main(["--simulate", "2xA100-80GB", "--start-anyway", "--diag-report", str(report), "-q", "--",
+                         *command])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and [args for _, args, _ in started] == [command]
+    assert "not derived: the model (--model GPT4o: its config is neither in the local Hugging Face cache" in err
+    assert "give diag the checkpoint's config with --model PATH" in err
+    ran = {c["nodeid"].split("::")[0].rsplit("/", 1)[-1] for c in json.loads(report.read_text())["checks"]}
+    assert ran == {"test_env.py", "test_layout.py"}

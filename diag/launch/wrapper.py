@@ -122,31 +122,35 @@ def _add(plan: RunPlan, diag_args: Sequence[str], option: str, value: str, why: 
     plan.derived.append(f"{option} {value} ({why})")
 
 
-def _preset(found: EvalCommand) -> tuple[str | None, str | None, str | None]:
-    """(preset name, where from, problem) for the model the command names."""
+def _model_of(found: EvalCommand) -> tuple[str | None, str | None, str | None]:
+    """(--model value for diag, where it came from, why there is none) for the model the command names.
+
+    The checkpoint's own config wins (a local folder, or the hub id in the local Hugging Face cache: the value is
+    then the id or path itself, which `--model` resolves the same way); diag's preset stands in otherwise."""
     from diag.devicemap.model_args import ModelArgsError, pretrained_from_model_args
-    from diag.twins import PRESETS, preset_for_checkpoint
+    from diag.twins import UnknownModel, model_for_checkpoint
+    from diag.twins.hubcache import hub_cache_dir
 
     if found.kit == VLMEVALKIT and found.eval_model:
-        checkpoint = vlmevalkit_checkpoint(found.eval_model) or found.eval_model
-        spec = preset_for_checkpoint(checkpoint)
-        if spec is None:
-            return None, None, (f"VLMEvalKit model {found.eval_model!r} has no diag preset ({', '.join(PRESETS)}); "
-                                "name it for diag: python -m diag run --model PRESET_OR_CONFIG_JSON -- …")  # fmt: skip
-        return spec.name, f"--model {found.eval_model}", None
-    if found.kit == LMMS_EVAL:
+        checkpoint, source = vlmevalkit_checkpoint(found.eval_model) or found.eval_model, f"--model {found.eval_model}"
+    elif found.kit == LMMS_EVAL:
         try:
             pretrained = pretrained_from_model_args(found.model_args or "")
         except ModelArgsError:
             return None, None, None  # the MAP-009 check reports it with lmms-eval's own error
         if pretrained is None:
             return None, None, None
-        spec = preset_for_checkpoint(pretrained)
-        if spec is None:
-            return None, None, (f"pretrained={pretrained} has no diag preset ({', '.join(PRESETS)}); name it for "
-                                "diag: python -m diag run --model PRESET_OR_CONFIG_JSON -- …")  # fmt: skip
-        return spec.name, f"pretrained={pretrained}", None
-    return None, None, None
+        checkpoint, source = pretrained, f"pretrained={pretrained}"
+    else:
+        return None, None, None
+    try:
+        spec = model_for_checkpoint(checkpoint)
+    except UnknownModel as exc:
+        return None, None, str(exc).replace("--model ", "", 1)
+    if spec is None:
+        return None, None, (f"{source}: its config is neither in the local Hugging Face cache ({hub_cache_dir()}) "
+                            "nor one of diag's presets")  # fmt: skip
+    return (spec.name if spec.source == "preset" else checkpoint), source, None
 
 
 def plan_run(command: Sequence[str], diag_args: Sequence[str], env: Mapping[str, str], checks: Path) -> RunPlan:
@@ -173,13 +177,14 @@ def plan_run(command: Sequence[str], diag_args: Sequence[str], env: Mapping[str,
     for other in found.other_models:
         plan.not_derived.append(f"VLMEvalKit --model {other}: only the first model is checked; run diag for it too")
     if not _given(diag_args, "--model"):
-        preset, source, problem = _preset(found)
-        if problem:
+        model, source, problem = _model_of(found)
+        if problem:  # never a reason to refuse the eval: the checks that need no model still run
             plan.targets = [*env_only, str(checks / LAYOUT_CHECKS)]
-            plan.not_derived.append("the model: device-map, memory and same-device checks")
-            plan.error = problem
-        elif preset:
-            _add(plan, diag_args, "--model", preset, f"from {source}")
+            skipped = "the device-map, memory and same-device checks are skipped"
+            plan.not_derived.append(f"the model ({problem}): {skipped}; give diag the checkpoint's config with "
+                                    "--model PATH before `--`")  # fmt: skip
+        elif model:
+            _add(plan, diag_args, "--model", model, f"from {source}")
         elif found.kit:
             plan.not_derived.append("the model: the command names none diag reads; the device-map checks plan "
                                     "diag's default models")  # fmt: skip
