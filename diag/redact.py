@@ -31,8 +31,8 @@ _NAME = r"[A-Za-z0-9_.-]*"
 _DQ = r'"(?:\\.|[^"\\])*"?'
 _SQ = r"'(?:\\.|[^'\\])*'?"
 # In free text: `key=value`, a quoted `'key': value` (a dict's repr, JSON) and `--flag value`. A value is a run of
-# quoted and bare pieces; a bare piece ends at a comma, whitespace or a closing bracket (a flag's at whitespace).
-_TEXT_VALUE = rf"(?:{_DQ}|{_SQ}|[^,\s}})\]'\"])+"
+# a quoted string or a bare word; a bare word ends at a comma, whitespace or a closing bracket (a flag's at whitespace).
+_TEXT_VALUE = rf"(?:{_DQ}|{_SQ}|,*[^,\s}})\]'\"]+)"
 _SHELL_WORD = rf"(?!-)(?:{_DQ}|{_SQ}|[^\s'\"])+"
 _TEXT_PAIR = re.compile(
     rf"(?P<oq>['\"])(?P<okey>{_NAME}(?:{_SECRET_WORDS}){_NAME})(?P<osep>=)(?P<ovalue>(?:(?!(?P=oq)).)*)"
@@ -79,10 +79,16 @@ def _urls(text: str, found: list[str] | None) -> str:
 def _pairs(pattern: re.Pattern[str], text: str, found: list[str] | None) -> str:
     def pair(match: re.Match[str]) -> str:
         groups = match.groupdict()
-        for key, sep, value in (("okey", "osep", "ovalue"), ("key", "sep", "value"), ("qkey", "qsep", "qvalue"), ("flag", "fsep", "fvalue")):
+        names = (
+            ("okey", "osep", "ovalue"),
+            ("key", "sep", "value"),
+            ("qkey", "qsep", "qvalue"),
+            ("flag", "fsep", "fvalue"),
+        )
+        for key, sep, value in names:
             if groups.get(key) is not None:
                 break
-        if not is_secret_name(groups[key].strip("'\"-")) or groups[value].strip("'\"") == REDACTED:
+        if not is_secret_name(groups[key].strip("'\"-")) or groups[value].strip("'\"").startswith(REDACTED):
             return match[0]
         if found is not None:
             found.append(groups[value])
@@ -224,9 +230,11 @@ def _walk(data: Any, shapes: frozenset[str], secret: bool) -> Any:
             for k, v in data.items()
         }
     if isinstance(data, list | tuple):
-        return type(data)(_walk(v, shapes, secret) for v in data) if isinstance(data, tuple) else [
-            _walk(v, shapes, secret) for v in data
-        ]
+        return (
+            type(data)(_walk(v, shapes, secret) for v in data)
+            if isinstance(data, tuple)
+            else [_walk(v, shapes, secret) for v in data]
+        )
     if secret and data is not None and not isinstance(data, bool):
         return REDACTED
     if isinstance(data, str):

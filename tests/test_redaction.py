@@ -48,11 +48,13 @@ def _plain(value: str) -> str:
 # The 46 forms of the study, rebuilt from issue 14's defects 1, 2, 4 and 5.
 FORMS: dict[str, Form] = {
     # 1. secret-named --model-args keys (recorded under checks[].data.model_args)
-    **{f"model-args-{key}": ("model_args", lambda s, k=key: f"pretrained=x/y,{k}={_plain(s)},device_map=auto")
-       for key in ("token", "hf_token", "api_key", "HF_TOKEN", "password", "use_auth_token")},
+    **{
+        f"model-args-{key}": ("model_args", lambda s, k=key: f"pretrained=x/y,{k}={_plain(s)},device_map=auto")
+        for key in ("token", "hf_token", "api_key", "HF_TOKEN", "password", "use_auth_token")
+    },
     # quoted values with commas and spaces; an unquoted value with a space (`password=X tail`)
     "model-args-quoted-single": ("model_args", lambda s: f"password='{_plain(s)} w',x=1"),
-    "model-args-quoted-double": ("model_args", lambda s: f"pretrained=x,api_key=\"a,{_plain(s)}\""),
+    "model-args-quoted-double": ("model_args", lambda s: f'pretrained=x,api_key="a,{_plain(s)}"'),
     "model-args-quoted-any": ("model_args", lambda s: f"token={_sq(s.replace(chr(92), ''))},device_map=auto"),
     "model-args-space-tail": ("model_args", lambda s: f"password=X {_plain(s)}"),
     "model-args-url": ("model_args", lambda s: f"pretrained=https://user:{quote(s, safe='')}@hub.example/x"),
@@ -75,9 +77,20 @@ FORMS: dict[str, Form] = {
     "eval-url-token-user": ("eval", lambda s: ["python", "run.py", f"--base=https://{quote(s, safe='')}@api.x"]),
     "eval-accelerate": ("eval", lambda s: ["accelerate", "launch", "-m", "lmms_eval", "--hf_token", s]),
     # 5. variables (secret-named, and credentials in URLs of any recorded variable)
-    **{f"env-{name}": ("env", lambda s, n=name: {n: s})
-       for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY",
-                    "NCCL_PASSWORD", "HF_HUB_CREDENTIAL", "TORCH_AUTH", "HF_PASSWD")},
+    **{
+        f"env-{name}": ("env", lambda s, n=name: {n: s})
+        for name in (
+            "HF_TOKEN",
+            "HUGGING_FACE_HUB_TOKEN",
+            "OPENAI_API_KEY",
+            "WANDB_API_KEY",
+            "AWS_SECRET_ACCESS_KEY",
+            "NCCL_PASSWORD",
+            "HF_HUB_CREDENTIAL",
+            "TORCH_AUTH",
+            "HF_PASSWD",
+        )
+    },
     "env-MASTER_ADDR-bare": ("env", lambda s: {"MASTER_ADDR": f"user:{quote(s, safe='')}@node0"}),
     "env-MASTER_ADDR-url": ("env", lambda s: {"MASTER_ADDR": f"tcp://user:{quote(s, safe='')}@node0:29500"}),
     "env-HF_ENDPOINT-userpass": ("env", lambda s: {"HF_ENDPOINT": f"https://user:{quote(s, safe='')}@hf.example"}),
