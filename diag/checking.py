@@ -84,7 +84,10 @@ class Check:
     def warn(self, code: str, message: str, fix: str | None = None) -> None:
         """Record a risk that does not fail this run on this stack (the report's `warnings`)."""
         self._user_properties.append(
-            (USER_PROPERTY, redact_data({"warning": {"code": code, "message": message, "fix": fix or lookup(code).fix}}))
+            (
+                USER_PROPERTY,
+                redact_data({"warning": {"code": code, "message": message, "fix": fix or lookup(code).fix}}),
+            )
         )
 
     def record(self, key: str, value: object) -> None:

@@ -85,9 +85,7 @@ def _pairs(pattern: re.Pattern[str], text: str, found: list[str] | None) -> str:
             ("qkey", "qsep", "qvalue"),
             ("flag", "fsep", "fvalue"),
         )
-        for key, sep, value in names:
-            if groups.get(key) is not None:
-                break
+        key, sep, value = next((n for n in names if groups.get(n[0]) is not None), names[-1])
         if not is_secret_name(groups[key].strip("'\"-")) or groups[value].strip("'\"").startswith(REDACTED):
             return match[0]
         if found is not None:
@@ -151,6 +149,15 @@ def redacted_command(args: Sequence[str]) -> str:
 def redacted_shell_command(args: Sequence[str]) -> str:
     """The command line shell-quoted (pasteable once the secrets are filled back in), secrets hidden."""
     return _replace_known(shlex.join(redacted_args(args)), _known)
+
+
+def redact_command_line(text: str) -> str:
+    """A command line held as one string (a process name read from a topology file): argument by argument where
+    it splits as a shell line, its words one by one otherwise; then as free text."""
+    try:
+        return redact_text(shlex.join(redacted_args(shlex.split(text))))
+    except ValueError:  # an open quote: not a shell line
+        return redact_text(" ".join(redacted_args(text.split())))
 
 
 def redacted_model_args(text: str) -> str:

@@ -421,9 +421,9 @@ def main(argv: Sequence[str]) -> int:
         return 0
     elsewhere = _checked_elsewhere(report, diag_args)
     if elsewhere and not start_anyway:
-        _say(f"not starting {redacted_shell_command(command)}: the node checked was {elsewhere}, not this machine's (exit code "
-             f"{NOT_THIS_NODE}); check this machine by leaving out --simulate/--topology, or give --start-anyway "
-             "before `--` to start it all the same")  # fmt: skip
+        _say(f"not starting {redacted_shell_command(command)}: the node checked was {elsewhere}, not this "
+             f"machine's (exit code {NOT_THIS_NODE}); check this machine by leaving out --simulate/--topology, or "
+             "give --start-anyway before `--` to start it all the same")  # fmt: skip
         return NOT_THIS_NODE
     if elsewhere:
         _say(f"the node checked was {elsewhere}, not this machine's: starting anyway (--start-anyway): "
