@@ -41,15 +41,20 @@ _TEXT_PAIR = re.compile(
     rf"|(?P<flag>(?<![\w-])--?[A-Za-z]{_NAME}(?:{_SECRET_WORDS}){_NAME})(?P<fsep>\s+)(?P<fvalue>{_SHELL_WORD})",
     re.IGNORECASE,
 )
-# `key=value` inside one command-line argument: a bare value runs to the comma that starts the next `name=` item
-# (lmms-eval's --model_args), or to the end (`HF_TOKEN=a,b`); a quoted value is taken whole.
+# `key=value` inside one command-line argument: the value runs to the comma that starts the next `name=` item
+# (lmms-eval's --model_args), or to the end (`HF_TOKEN=a,b`); a value that starts quoted is taken whole with what
+# follows its quotes up to the next comma (`''tail`, `'a b'c`), and quoted parts of a bare value keep their commas.
+_NEXT = r",(?!\s*[A-Za-z_][\w.-]*\s*=)"  # a comma that does not start the next `name=` item
 _ARG_PAIR = re.compile(
-    rf"(?P<key>{_NAME}(?:{_SECRET_WORDS}){_NAME})=(?P<value>{_DQ}|{_SQ}|(?:[^,]|,(?!\s*[A-Za-z_][\w.-]*\s*=))*)",
+    rf"(?P<key>{_NAME}(?:{_SECRET_WORDS}){_NAME})=(?P<value>(?:{_DQ}|{_SQ})(?:{_DQ}|{_SQ}|[^,'\"])*"
+    rf"|(?:[^,'\"]|{_NEXT})(?:{_DQ}|{_SQ}|[^,'\"]|{_NEXT})*|)",
     re.IGNORECASE,
 )
 # The user part of a URL (`https://user:pass@host`, `git+ssh://tok@host`) and a scheme-less `user:pass@host`.
 _URL_USER = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<value>[^/?#\s@]*@)")
 _BARE_USER = re.compile(r"(?P<pre>^|[\s=,'\"(])(?P<value>[^\s/@:=,'\"]+:[^\s/@]+@)(?=[A-Za-z0-9\[])")
+
+_ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)", re.DOTALL)
 
 _known: frozenset[str] = frozenset()
 
@@ -109,7 +114,18 @@ def redacted_args(args: Sequence[str], found: list[str] | None = None) -> list[s
     the value up to the next comma, quoted values whole; --eval-command's value is redacted as a command."""
     out: list[str] = []
     hide_next = inner_next = False
+    leading = True  # `NAME=value` words before the program (or after `env`) are the shell's assignments
     for arg in args:
+        assignment = _ASSIGNMENT.fullmatch(arg)
+        if leading and assignment:
+            if is_secret_name(assignment["name"]):  # the whole word after `=` is the value, commas and all
+                if found is not None:
+                    found.append(assignment["value"])
+                out.append(f"{assignment['name']}={REDACTED}")
+            else:
+                out.append(_redact_arg(arg, found))
+            continue
+        leading = leading and arg == "env"
         if hide_next:
             if found is not None:
                 found.append(arg)
