@@ -46,16 +46,18 @@ def _gpu_word(visible: int) -> str:
 
 def test_model_args_parse_like_lmms_eval(diag_topology: Topology, check: Check, request: pytest.FixtureRequest) -> None:
     from diag.devicemap.model_args import ModelArgsError, parse_model_args, parse_model_args_legacy
+    from diag.redact import redact_data, redact_text, redacted_model_args
 
     text = request.config.getoption("model_args")
     if text is None:
         pytest.skip("no --model-args given")
     try:
         parsed = parse_model_args(text)
-    except ModelArgsError as exc:
-        check.fail("MAP-009", f"lmms-eval would stop before loading the model: {exc} (--model_args {text!r})",
-                   subject="--model-args")  # fmt: skip
-    check.record("model_args", {k: repr(v) for k, v in parsed.items()})
+    except ModelArgsError as exc:  # quoted redacted: a token in the same string must not reach the message
+        shown, item = redacted_model_args(text), redact_text(exc.item)
+        check.fail("MAP-009", f"lmms-eval would stop before loading the model: --model-args {shown!r}: lmms-eval "
+                   f"stops at {item!r} with {exc.upstream_error}", subject="--model-args")  # fmt: skip
+    check.record("model_args", redact_data({k: repr(v) for k, v in parsed.items()}))
     try:
         legacy = parse_model_args_legacy(text)
     except ModelArgsError:

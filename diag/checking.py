@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 import pytest
 
 from diag.fixes import lookup
+from diag.redact import redact_data, redact_text
 
 USER_PROPERTY = "diag"
 
@@ -40,14 +41,17 @@ class CheckFailed(pytest.fail.Exception):  # type: ignore[misc,name-defined]
     """A check's verdict: the node or the configuration will break the eval, with the code and the fix."""
 
     def __init__(self, code: str, message: str, fix: Fix, subject: str | None) -> None:
-        super().__init__(msg=f"[{code}] {message}\n  fix: {fix.summary}", pytrace=False)
-        self.payload: dict[str, Any] = {
-            "code": code,
-            "message": message,
-            "subject": subject,
-            "fix": fix.as_dict(),
-            "references": list(lookup(code).references),
-        }
+        # Redacted here, at the source: the message also reaches pytest's own terminal lines and JUnit's <failure>.
+        self.payload: dict[str, Any] = redact_data(
+            {
+                "code": code,
+                "message": message,
+                "subject": subject,
+                "fix": fix.as_dict(),
+                "references": list(lookup(code).references),
+            }
+        )
+        super().__init__(msg=f"[{code}] {self.payload['message']}\n  fix: {redact_text(fix.summary)}", pytrace=False)
 
 
 # pytest names its own outcome exceptions without a module path in the short summary; so do we.
@@ -80,9 +84,12 @@ class Check:
     def warn(self, code: str, message: str, fix: str | None = None) -> None:
         """Record a risk that does not fail this run on this stack (the report's `warnings`)."""
         self._user_properties.append(
-            (USER_PROPERTY, {"warning": {"code": code, "message": message, "fix": fix or lookup(code).fix}})
+            (
+                USER_PROPERTY,
+                redact_data({"warning": {"code": code, "message": message, "fix": fix or lookup(code).fix}}),
+            )
         )
 
     def record(self, key: str, value: object) -> None:
         """Attach a fact to this check's report entry (`checks[].data`), e.g. the P2P matrix."""
-        self._user_properties.append((USER_PROPERTY, {"data": {key: value}}))
+        self._user_properties.append((USER_PROPERTY, redact_data({"data": {key: value}})))

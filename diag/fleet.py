@@ -10,12 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diag.fixes import CATALOG
+from diag.redact import redact_data, redact_text, secrets_of
 from diag.report import SCHEMA
 from diag.topology.records import uuid_key
 
@@ -194,7 +196,7 @@ def merge(sources: Sequence[Source]) -> dict[str, Any]:
         k: sum(s.report.get("summary", {}).get(k, 0) for s in sources)
         for k in ("passed", "failed", "skipped", "errors")
     }
-    return {
+    fleet = {
         "schema": FLEET_SCHEMA,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "sources": [s.path for s in sources],
@@ -210,6 +212,29 @@ def merge(sources: Sequence[Source]) -> dict[str, Any]:
         "failures": _failures_by_cause(sources),
         "checks": checks,
     }
+    # Reports written before redaction was total (or edited by hand) may carry secrets: hidden on the way out.
+    redacted: dict[str, Any] = redact_data(fleet, _secrets_in(sources))
+    return redacted
+
+
+def _secrets_in(sources: Sequence[Source]) -> frozenset[str]:
+    """The secrets the merged reports' own inputs name (their command lines and recorded variables)."""
+    found: set[str] = set()
+    for source in sources:
+        report = source.report
+        args: list[str] = []
+        for key in ("command", "eval_command"):
+            line = report.get(key)
+            if isinstance(line, str):
+                try:
+                    args += shlex.split(line)
+                except ValueError:
+                    args += line.split()
+        environment = report.get("environment")
+        env = environment.get("env") if isinstance(environment, dict) else None
+        variables = {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
+        found |= secrets_of(args, variables)
+    return frozenset(found)
 
 
 def fleet_ok(fleet: Mapping[str, Any]) -> bool:
@@ -256,4 +281,4 @@ def fleet_text(fleet: Mapping[str, Any]) -> str:
                 lines.append(f"  … and {len(group['places']) - 8} more")
             if group["places"][0]["fix"]:
                 lines.append(f"  fix: {group['places'][0]['fix']}")
-    return "\n".join(lines)
+    return redact_text("\n".join(lines))

@@ -24,6 +24,7 @@ from diag.dist import fixtures as dist_fixtures
 from diag.fixes import lookup
 from diag.noise import captured_warnings, describe, from_library, reemit
 from diag.options import add_options, read_options
+from diag.redact import redact_data, redact_text
 from diag.session import STATE, WORKER_TOPOLOGY, DiagState, last_line
 from diag.summary import NEXT_STEP, summary_lines
 from diag.topology.files import cuda_view_to_dict, node_to_dict
@@ -99,9 +100,9 @@ class SessionHooks:
 
     def pytest_report_header(self, config: pytest.Config) -> str | None:
         try:
-            return header_line(self.state.topology)
+            return redact_text(header_line(self.state.topology))
         except Exception as exc:  # never block the run on the header; the checks will say what is wrong
-            return f"diag: could not read the node ({type(exc).__name__}: {exc})"
+            return redact_text(f"diag: could not read the node ({type(exc).__name__}: {exc})")
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -117,6 +118,8 @@ class SessionHooks:
         report = yield
         if call.excinfo is not None and isinstance(call.excinfo.value, CheckFailed):
             report.user_properties.append((USER_PROPERTY, {"failure": call.excinfo.value.payload}))
+        # JUnit XML writes every user property as it is (and xdist ships them to the controller): redacted here.
+        report.user_properties = [(name, redact_data(value)) for name, value in report.user_properties]
         return report
 
     @pytest.hookimpl(wrapper=True)
@@ -154,30 +157,36 @@ class SessionHooks:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_json_modifyreport(self, json_report: dict[str, Any]) -> None:
-        """pytest-json-report: add the diag report as its `diag` section."""
+        """pytest-json-report: add the diag report as its `diag` section, and redact the whole file's content
+        (test ids, captured output and tracebacks can quote the command line too)."""
         json_report["diag"] = self.state.report()
+        redacted = redact_data(json_report)
+        json_report.clear()
+        json_report.update(redacted)
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
         if not self.state.is_controller:
             return
         terminalreporter.write_sep("-", "diag")
+
+        def say(line: str, bold: bool = False) -> None:  # every line diag prints, through the one redaction
+            terminalreporter.write_line(redact_text(line), bold=bold)
+
         if self.state.collect_only:
-            terminalreporter.write_line("diag report: not written (--collect-only: no check ran)")
+            say("diag report: not written (--collect-only: no check ran)")
             return
         for entry in self.state.results.values():
             plan = entry.get("data", {}).get("plan")
             if plan:
-                terminalreporter.write_line(f"plan for {entry['nodeid'].rsplit('[', 1)[-1].rstrip(']')}:")
+                say(f"plan for {entry['nodeid'].rsplit('[', 1)[-1].rstrip(']')}:")
                 for line in plan_table(plan):
-                    terminalreporter.write_line("  " + line)
+                    say("  " + line)
         for line in summary_lines(self.state.report()):
-            terminalreporter.write_line(line, bold=line.startswith(NEXT_STEP))
+            say(line, bold=line.startswith(NEXT_STEP))
         if self.state.written is not None:
-            terminalreporter.write_line(f"diag report: {self.state.written}")
+            say(f"diag report: {self.state.written}")
         else:
-            terminalreporter.write_line(
-                f"diag report: could not write {self.state.report_path}: {self.state.write_error}"
-            )
+            say(f"diag report: could not write {self.state.report_path}: {self.state.write_error}")
 
 
 _LIBRARY_WARNINGS = pytest.StashKey[list[str]]()

@@ -9,7 +9,6 @@ import os
 import platform
 import re
 import secrets
-import shlex
 import string
 import sys
 from collections.abc import Mapping, Sequence
@@ -18,15 +17,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from diag import redact
+from diag.redact import (  # noqa: F401  (the names callers import from here)
+    EVAL_COMMAND_OPTION,
+    REDACTED,
+    is_secret_name,
+    redacted_command,
+    redacted_shell_command,
+)
 from diag.topology.records import Topology, uuid_key
 
 SCHEMA = "diag-report/1"
 DEFAULT_PATH = "reports/diag-report.json"
 RANK_PATH = "reports/diag-report-{host}-rank{rank}.json"  # the default under a launcher: one report per rank
 PLACEHOLDERS = ("rank", "host")
-REDACTED = "<redacted>"
-EVAL_COMMAND_OPTION = "--eval-command"
-_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 _ENV_PREFIXES = ("CUDA_", "NCCL_", "SLURM_", "HF_", "TRANSFORMERS_", "ACCELERATE_", "PYTORCH_", "TORCH_")
 _ENV_NAMES = frozenset(
     {"LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "AUTO_SPLIT",
@@ -34,61 +38,10 @@ _ENV_NAMES = frozenset(
 )  # fmt: skip
 
 
-def is_secret_name(name: str) -> bool:
-    """Whether a variable or key name marks a secret (its value never reaches the report)."""
-    return bool(_SECRET_NAME.search(name))
-
-
 def redacted_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The variables that shape a GPU run, with the values of secret-named ones replaced."""
-    kept = {k: v for k, v in environ.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)}
-    return {k: (REDACTED if is_secret_name(k) else v) for k, v in sorted(kept.items())}
-
-
-# A secret-named key and its value, wherever it stands: `token=…`, `--model-args=token=…`, `api_key="a b"`.
-_SECRET_VALUE = re.compile(
-    r"(?P<key>[A-Za-z0-9_.-]*(?:TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL)[A-Za-z0-9_.-]*)"
-    r"=(?P<value>\"[^\"]*\"?|'[^']*'?|[^,\s]*)",
-    re.IGNORECASE,
-)
-
-
-def redacted_command(args: Sequence[str]) -> str:
-    """The command line with `key=value` secrets (`token=…` in --model-args) and `--hf-token X` hidden."""
-    return " ".join(_redacted_args(args))
-
-
-def redacted_shell_command(args: Sequence[str]) -> str:
-    """The same, shell-quoted, so the line can be pasted (with the secrets filled back in)."""
-    return shlex.join(_redacted_args(args))
-
-
-def _redacted_args(args: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    hide_next = inner_next = False
-    for arg in args:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
-            continue
-        if inner_next or arg.startswith(EVAL_COMMAND_OPTION + "="):  # a whole command line in one argument
-            out.append(_redacted_inner(arg))
-            inner_next = False
-            continue
-        if arg.startswith("--") and "=" not in arg and is_secret_name(arg):
-            hide_next = True
-        inner_next = arg == EVAL_COMMAND_OPTION
-        out.append(_SECRET_VALUE.sub(lambda m: f"{m['key']}={REDACTED}", arg))
-    return out
-
-
-def _redacted_inner(arg: str) -> str:
-    """--eval-command's value (a shell-quoted command line) redacted as a command of its own."""
-    prefix, value = (arg.split("=", 1)[0] + "=", arg.split("=", 1)[1]) if arg.startswith("--") else ("", arg)
-    try:
-        return prefix + redacted_shell_command(shlex.split(value))
-    except ValueError:  # not a shell command line (an open quote): its words redacted one by one
-        return prefix + " ".join(_redacted_args(value.split()))
+    """The variables that shape a GPU run, with the values of secret-named ones replaced and URLs' users removed."""
+    kept = [k for k in environ if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)]
+    return redact.redacted_env(environ, kept)
 
 
 def _version(dist: str) -> str | None:
@@ -121,7 +74,7 @@ def environment_section(
     topology: Topology | None, environ: Mapping[str, str], overridden: Mapping[str, str | None] | None = None
 ) -> dict[str, Any]:
     """Versions, driver and the environment in force for the run; `env_before_diag` keeps what --gpus replaced."""
-    before = {k: (REDACTED if is_secret_name(k) else v) for k, v in (overridden or {}).items()}
+    before = {k: (REDACTED if is_secret_name(k) else v) for k, v in (overridden or {}).items()}  # None: was unset
     return {
         "python": platform.python_version(),
         "torch": _version("torch"),
@@ -204,7 +157,8 @@ def build_report(
     local rank, launcher, rendezvous), None when no launcher started it. `eval_command` the eval command the
     checks were for (--eval-command, which `python -m diag run` passes), redacted like `command` and shell-quoted.
     """
-    return {
+    known = redact.secrets_of(command, environ, eval_command)
+    report = {
         "schema": SCHEMA,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": redacted_command(command),
@@ -216,6 +170,9 @@ def build_report(
         "summary": summary_section(checks, duration_s),
         "checks": list(checks),
     }
+    # Every string of the report, `checks[].data` and messages included, through the one redaction.
+    redacted: dict[str, Any] = redact.redact_data(report, known)
+    return redacted
 
 
 class ReportPathError(ValueError):

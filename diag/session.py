@@ -17,6 +17,7 @@ from diag.dist import ranks
 from diag.dist.ranks import LaunchEnvError, launched_rank, rank_info
 from diag.fixes import lookup
 from diag.options import DiagOptions
+from diag.redact import remember, secrets_of
 from diag.report import SCHEMA, ReportPathError, build_report, report_path, write_report
 from diag.topology import build_topology
 from diag.topology.files import cuda_view_from_dict, node_from_dict
@@ -39,6 +40,8 @@ class DiagState:
         self.config = config
         self.options = options
         self.active = active
+        # This run's secrets (command line, eval command, environment), hidden wherever a message quotes them.
+        remember(secrets_of(config.invocation_params.args, os.environ, options.eval_command))
         self.started = time.monotonic()
         self.saved_env: dict[str, str | None] = {}
         self.results: dict[str, dict[str, Any]] = {}

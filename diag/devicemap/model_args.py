@@ -55,7 +55,10 @@ class ModelArgsError(ValueError):
         self.text = text
         self.item = item
         self.upstream_error = upstream_error
-        super().__init__(f"--model-args {text!r}: lmms-eval stops at {item!r} with {upstream_error}")
+        from diag.redact import redact_text, redacted_model_args  # the message is printed: secrets hidden
+
+        shown, at = redacted_model_args(text), redact_text(item)
+        super().__init__(f"--model-args {shown!r}: lmms-eval stops at {at!r} with {upstream_error}")
 
 
 def parse_model_args(text: str) -> dict[str, object]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from diag.launch.commands import LMMS_EVAL, VLMEVALKIT, CommandError, EvalCommand, recognise, vlmevalkit_checkpoint
 from diag.launch.findeval import find_eval
+from diag.redact import redact_text, redacted_shell_command, remember, secrets_of
 from diag.summary import NEXT_STEP
 
 if TYPE_CHECKING:
@@ -223,7 +224,8 @@ def pytest_command(plan: RunPlan, diag_args: Sequence[str], command: Sequence[st
 
 
 def _say(line: str) -> None:
-    print(f"diag: {line}", file=sys.stderr, flush=True)
+    """Every line the wrapper prints goes through the one redaction (the command's secrets never reach stderr)."""
+    print(redact_text(f"diag: {line}"), file=sys.stderr, flush=True)
 
 
 def _command_env(diag_args: Sequence[str]) -> dict[str, str]:
@@ -356,6 +358,7 @@ def main(argv: Sequence[str]) -> int:
         _say(f"error: put the eval command after `--`: {USAGE} (python -m diag run --help)")
         return USAGE_ERROR
     diag_args, command = args[:split], args[split + 1 :]
+    remember(secrets_of(diag_args, os.environ, command))
     dry_run, start_anyway = "--dry-run" in diag_args, "--start-anyway" in diag_args
     check_only = "--check-only" in diag_args
     diag_args = [a for a in diag_args if a not in ("--dry-run", "--start-anyway", "--check-only")]
@@ -391,7 +394,7 @@ def main(argv: Sequence[str]) -> int:
     if dry_run:
         if command:
             _say(eval_env_line(env))
-        print(shlex.join(pytest_argv), flush=True)
+        print(redacted_shell_command(pytest_argv), flush=True)  # the secrets shown as <redacted>
         return USAGE_ERROR if plan.error else 0
     started = time.time() - 1  # the report's mtime has a coarse clock on some file systems
     returncode = subprocess.run(pytest_argv, check=False).returncode
@@ -412,26 +415,26 @@ def main(argv: Sequence[str]) -> int:
         return USAGE_ERROR
     if returncode != 0:
         also = f" (and {found.missing})" if found.missing else ""
-        _say(f"not starting {shlex.join(command)}: fix the failures above{also}")
+        _say(f"not starting {redacted_shell_command(command)}: fix the failures above{also}")
         return returncode
     if found.missing:
-        _say(f"not starting {shlex.join(command)}: {found.missing}")
+        _say(f"not starting {redacted_shell_command(command)}: {found.missing}")
         return EVAL_NOT_FOUND
     _say(eval_env_line(env))
     if check_only:
-        _say(f"not starting {shlex.join(command)}: --check-only")
+        _say(f"not starting {redacted_shell_command(command)}: --check-only")
         return 0
     elsewhere = _checked_elsewhere(report, diag_args)
     if elsewhere and not start_anyway:
-        _say(f"not starting {shlex.join(command)}: the node checked was {elsewhere}, not this machine's (exit code "
-             f"{NOT_THIS_NODE}); check this machine by leaving out --simulate/--topology, or give --start-anyway "
-             "before `--` to start it all the same")  # fmt: skip
+        _say(f"not starting {redacted_shell_command(command)}: the node checked was {elsewhere}, not this "
+             f"machine's (exit code {NOT_THIS_NODE}); check this machine by leaving out --simulate/--topology, or "
+             "give --start-anyway before `--` to start it all the same")  # fmt: skip
         return NOT_THIS_NODE
     if elsewhere:
         _say(f"the node checked was {elsewhere}, not this machine's: starting anyway (--start-anyway): "
-             f"{shlex.join(command)}")  # fmt: skip
+             f"{redacted_shell_command(command)}")  # fmt: skip
     else:
-        _say(f"starting {shlex.join(command)}")
+        _say(f"starting {redacted_shell_command(command)}")
     try:
         os.execvpe(command[0], command, env)
     except OSError as exc:

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from diag.redact import redact_command_line
 from diag.topology.records import CudaDevice, CudaView, Gpu, GpuProcess, Node, NvmlUnavailable
 
 SCHEMA = "diag-topology/1"
@@ -40,7 +41,9 @@ def _gpu_from_dict(data: dict[str, Any]) -> Gpu:
         memory_total_mib=int(data["memory_total_mib"]),
         memory_used_mib=int(data.get("memory_used_mib", 0)),
         processes=tuple(
-            GpuProcess(int(p["pid"]), str(p.get("name", "?")), p.get("used_mib")) for p in data.get("processes", [])
+            # A captured process name may be a whole command line with its secrets: hidden once, where it enters.
+            GpuProcess(int(p["pid"]), redact_command_line(str(p.get("name", "?"))), p.get("used_mib"))
+            for p in data.get("processes", [])
         ),
         compute_capability=(int(capability[0]), int(capability[1])) if capability else None,
         mig_mode=data.get("mig_mode"),
