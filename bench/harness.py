@@ -302,6 +302,7 @@ TARGETS = (
     Target("twin run, 64 / 4 virtual GPUs", "gpus_ratio", 1.2),
     Target("env checks, 64 / 4 simulated GPUs (whole run)", "env_gpu_ratio", 1.2),
     Target("twin run, 80 / 8 layers", "layers_ratio", 3.0),
+    Target("slowest run at the bounds (1,000 GPUs; 100,000 map keys)", "bounds_slowest_s", 30.0, "s"),
     Target("env checks, seconds added from 4 to 64 GPUs", "env_gpu_added_s", 0.0, "s", informational=True),
     Target("suite -n 2 / serial (needs spare cores)", "xdist_ratio", 1.0, informational=True),
 )

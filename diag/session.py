@@ -17,7 +17,7 @@ from diag.dist import ranks
 from diag.dist.ranks import LaunchEnvError, launched_rank, rank_info
 from diag.fixes import lookup
 from diag.options import DiagOptions
-from diag.report import SCHEMA, ReportPathError, build_report, report_path, write_report
+from diag.report import SCHEMA, ReportPathError, build_report, remove_stale_report, report_path, write_report
 from diag.topology import build_topology
 from diag.topology.files import cuda_view_from_dict, node_from_dict
 from diag.topology.records import Topology
@@ -51,6 +51,7 @@ class DiagState:
         self.written: Path | None = None
         self.write_error: str | None = None
         self.internal_error: str | None = None
+        self.interrupted: str | None = None  # "SIGTERM" or "KeyboardInterrupt": the run stopped before its end
         self._topology: Topology | None = None
         self._map_cases: list[MapCase] | None = None
         self._meta_models: dict[tuple[str, str], torch.nn.Module] = {}
@@ -162,6 +163,7 @@ class DiagState:
             host=ranks.hostname(),
             launch=_launch_section(),
             eval_command=self.options.eval_command,
+            interrupted=self.interrupted,
         )
 
     @property
@@ -198,6 +200,9 @@ class DiagState:
             self.write_error = None
         except Exception as exc:  # writing the report never crashes the run; the summary says it failed
             self.write_error = f"{type(exc).__name__}: {exc}"
+            # The previous run's report must not pass for this run's: remove it (a diag report only).
+            if remove_stale_report(self.report_path):
+                self.write_error += "; the previous report there was removed"
 
 
 MAP_FILE_NAME = r"device-map-[A-Za-z0-9_.:-]+?\.json"  # what diag.devicemap.cases.write_map names a map
