@@ -270,10 +270,8 @@ def refuse_unless_regular(path: str | os.PathLike[str]) -> None:
     """
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except OSError:  # nothing there (or a parent is no folder): nothing to replace; writing says what is wrong
         return
-    except OSError as exc:
-        raise ReportTargetError(f"{path}: cannot be inspected ({exc.strerror or exc})") from None
     if not stat.S_ISREG(mode):
         raise ReportTargetError(
             f"{path} is {_kind(mode)}, not a regular file: diag writes its report only to a regular file (or a new one)"
