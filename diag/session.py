@@ -52,6 +52,7 @@ class DiagState:
         self.write_error: str | None = None
         self.internal_error: str | None = None
         self.interrupted: str | None = None  # "SIGTERM" or "KeyboardInterrupt": the run stopped before its end
+        self._finished: set[str] = set()  # checks whose teardown was reported: an interruption did not cut them
         self._topology: Topology | None = None
         self._map_cases: list[MapCase] | None = None
         self._meta_models: dict[tuple[str, str], torch.nn.Module] = {}
@@ -104,6 +105,8 @@ class DiagState:
              "subject": None, "fix": None, "references": [], "warnings": [], "data": {}},
         )  # fmt: skip
         entry["duration_s"] = round(entry["duration_s"] + report.duration, 4)
+        if report.when == "teardown":
+            self._finished.add(report.nodeid)
         warnings: list[dict[str, Any]] = []
         for name, value in report.user_properties:
             if name != USER_PROPERTY or not isinstance(value, dict):
@@ -143,6 +146,14 @@ class DiagState:
 
     def report(self) -> dict[str, Any]:
         checks = list(self.results.values())
+        if self.interrupted:  # a check cut short passed nothing: its setup's "passed" is not its outcome
+            cut = f"not finished: the run was interrupted ({self.interrupted})"
+            checks = [
+                {**c, "outcome": "skipped", "message": cut}
+                if c["outcome"] == "passed" and c["nodeid"] not in self._finished and "::" in c["nodeid"]
+                else c
+                for c in checks
+            ]
         if self.internal_error:
             checks.append(
                 {"nodeid": "diag::internal", "outcome": "error", "duration_s": 0.0, "code": "DIAG-002",
