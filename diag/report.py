@@ -171,7 +171,24 @@ def topology_section(topology: Topology | None) -> dict[str, Any]:
             "simulated": topology.cuda.simulated,
             "devices": [asdict(d) for d in topology.cuda.devices],
         },
-        "p2p": [list(p) for p in topology.node.p2p if p[0] in chosen and p[1] in chosen],
+        **_p2p_section(topology, chosen),
+    }
+
+
+P2P_ALL_PAIRS_GPUS = 16  # up to this many selected GPUs the report lists every reported pair
+P2P_LISTED = 64  # beyond, only pairs without peer access, this many at most, and counts
+
+
+def _p2p_section(topology: Topology, chosen: set[int]) -> dict[str, Any]:
+    """Peer access among the selected GPUs: every pair for a small selection; for a large one (a 1,000-GPU node has
+    half a million pairs) the first P2P_LISTED pairs without access, with `p2p_counts` saying how many there are."""
+    pairs = [p for p in topology.node.p2p if p[0] in chosen and p[1] in chosen]
+    if len(chosen) <= P2P_ALL_PAIRS_GPUS:
+        return {"p2p": [list(p) for p in pairs]}
+    without = sorted((min(a, b), max(a, b), ok) for a, b, ok in pairs if ok is not True)
+    return {
+        "p2p": [list(p) for p in without[:P2P_LISTED]],
+        "p2p_counts": {"reported": len(pairs), "without_access": len(without), "listed": min(len(without), P2P_LISTED)},
     }
 
 

@@ -190,3 +190,15 @@ def test_the_bench_writes_inputs_at_the_bounds(tmp_path):
     node = load_node(made["topology"])
     assert len(node.gpus) == 24 and node.p2p_status(0, 7) is True and node.p2p_status(0, 8) is False
     assert os.path.getsize(made["map"]) == made["map_bytes"]
+
+
+def test_the_report_lists_peer_pairs_of_a_large_selection_without_access_only():
+    from diag.report import P2P_LISTED, topology_section
+
+    large = topology_section(_topology(_node(1000)))
+    assert len(large["p2p"]) == P2P_LISTED and all(ok is False for _, _, ok in large["p2p"])
+    assert large["p2p"][0] == [0, 8, False]
+    assert large["p2p_counts"] == {"reported": 499500, "without_access": 496000, "listed": P2P_LISTED}
+    small = topology_section(_topology(_node(4, island=2)))
+    assert small["p2p"] == [[0, 1, True], [0, 2, False], [0, 3, False], [1, 2, False], [1, 3, False], [2, 3, True]]
+    assert "p2p_counts" not in small
