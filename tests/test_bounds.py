@@ -4,8 +4,12 @@ bench's (bench/run.py --only bounds), never an assertion here."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import replace
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -19,6 +23,7 @@ from diag.options import DiagOptions
 from diag.topology.records import Node, Topology
 from diag.topology.selection import resolve_selection, simulated_cuda_view
 from diag.topology.simulated import simulated_node
+from tests.conftest import REPO
 
 BILLION = 1_000_000_000
 
@@ -47,9 +52,20 @@ def _properties(check_props: list[tuple[str, object]]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def checks_importable(pytestconfig: pytest.Config) -> None:
-    """checks/ modules mark their tests `diag`, a marker the plugin registers when a diag run configures."""
+def checks_module(pytestconfig: pytest.Config) -> Callable[[str], ModuleType]:
+    """A checks/ module loaded under a private name: importing the package `checks` here would make pytester's
+    copies of checks/ (other tests) clash with it. Its tests are marked `diag`, which the plugin registers."""
     pytestconfig.addinivalue_line("markers", "diag: a diag pre-flight check")
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"diag_bounds_{name}", REPO / "checks" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 # -- processes -----------------------------------------------------------------------------------------------------
@@ -59,8 +75,12 @@ def test_a_range_of_a_billion_names_is_a_summary():
     assert span("cuda:", 4, 4) == ""
 
 
-def test_a_billion_processes_fail_layout_001_with_a_range_not_a_list(checks_importable):
-    from checks.test_layout import Launch, test_processes_do_not_outnumber_the_visible_gpus
+def test_a_billion_processes_fail_layout_001_with_a_range_not_a_list(checks_module):
+    layout = checks_module("test_layout")
+    Launch, test_processes_do_not_outnumber_the_visible_gpus = (
+        layout.Launch,
+        layout.test_processes_do_not_outnumber_the_visible_gpus,
+    )
 
     options = DiagOptions(None, "8xA100-80GB", None, None, None, None, BILLION, None)
     launch = Launch(options, ProcessCount(BILLION, "--processes"), None)
@@ -108,8 +128,12 @@ def test_the_simulated_view_keeps_the_reported_pairs_only():
     assert simulated_cuda_view(unlisted, {}, "2.13.0").peer_access == ((0, 1, True),)
 
 
-def test_the_peer_check_on_1000_gpus_records_a_count_not_a_matrix(checks_importable):
-    from checks.test_env import LISTED_PAIRS, test_selected_gpus_can_reach_their_peers
+def test_the_peer_check_on_1000_gpus_records_a_count_not_a_matrix(checks_module):
+    env_checks = checks_module("test_env")
+    LISTED_PAIRS, test_selected_gpus_can_reach_their_peers = (
+        env_checks.LISTED_PAIRS,
+        env_checks.test_selected_gpus_can_reach_their_peers,
+    )
 
     node = _node(1000)
     props: list[tuple[str, object]] = []
@@ -124,8 +148,8 @@ def test_the_peer_check_on_1000_gpus_records_a_count_not_a_matrix(checks_importa
     assert len(warning["message"]) < 300
 
 
-def test_the_peer_check_on_a_small_node_keeps_the_matrix(checks_importable):
-    from checks.test_env import test_selected_gpus_can_reach_their_peers
+def test_the_peer_check_on_a_small_node_keeps_the_matrix(checks_module):
+    test_selected_gpus_can_reach_their_peers = checks_module("test_env").test_selected_gpus_can_reach_their_peers
 
     node = _node(4, island=2)
     props: list[tuple[str, object]] = []
@@ -174,8 +198,6 @@ def test_a_collective_timeout_below_the_minimum_is_refused_in_one_line(value):
 
 
 def test_the_bench_writes_inputs_at_the_bounds(tmp_path):
-    import importlib.util
-    import sys
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("diag_bench_child_b", Path(__file__).parents[1] / "bench/child.py")
