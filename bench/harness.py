@@ -327,6 +327,7 @@ def evaluate_targets(figures: Mapping[str, float]) -> list[dict[str, Any]]:
                 "unit": target.unit,
                 "value": value,
                 "verdict": verdict,
+                "informational": target.informational,
             }
         )
     return out
@@ -336,7 +337,7 @@ def targets_table(results: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for r in results:
         limit = f"<= {r['limit']:g} {r['unit']}" if r["unit"] != "x" else f"<= {r['limit']:g}"
-        if r["unit"] == "s" and r["verdict"] == "info":  # a figure with no target, in seconds
+        if r["unit"] == "s" and r.get("informational"):  # a figure with no target, in seconds
             limit = "-"
         value = None if r["value"] is None else (f"{r['value']:.0f} MiB" if r["unit"] == "MiB" else f"{r['value']:.2f}")
         rows.append((r["target"], limit, value, r["verdict"]))
