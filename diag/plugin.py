@@ -83,6 +83,8 @@ def _unstarted_run(config: pytest.Config) -> None:
     """
     if STATE in config.stash:
         return  # configured: the session's own hooks wrote (or removed) the report
+    if getattr(config.option, "version", 0):
+        return  # `--version` parses fine and stops before configuring: no run, and no usage error either
     from diag.dist.ranks import launched_rank
     from diag.report import ReportPathError, remove_stale_report, report_path
 

@@ -133,6 +133,13 @@ def test_a_usage_error_removes_the_previous_report(pytester, bad):
     assert not target.exists()
 
 
+def test_version_keeps_the_previous_report(pytester):
+    target = pytester.path / "r.json"
+    write_report(target, _report())
+    result = pytester.runpytest(*PLUGIN, "--diag-report", str(target), "--version")
+    assert result.ret == 0 and target.exists()
+
+
 def test_a_usage_error_keeps_a_file_that_is_no_diag_report(pytester):
     target = pytester.path / "r.json"
     target.write_text('{"mine": true}\n')
