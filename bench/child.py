@@ -2,6 +2,7 @@
 
     python bench/child.py plan PRESET GPUS
     python bench/child.py twins '{"preset": "internvl2-76b", "points": [[8, 8], [80, 8]], "repeat": 3}'
+    python bench/child.py bounds-files DIR GPUS KEYS
 
 A child of its own per measurement keeps one run's imports, caches and memory out of the next; the parent
 (`bench/run.py`) never imports torch, so its own footprint does not colour the figures.
@@ -15,6 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -118,13 +120,50 @@ def _layers(spec: Any) -> int:
     return int(language_model_layout(build_meta(spec)).num_layers)
 
 
+def bounds_files(folder: str, gpus: int, keys: int) -> dict[str, Any]:
+    """Write the bounds section's inputs: a `gpus`-GPU topology and a `keys`-key device map for llava-1.5-7b.
+
+    The topology is what `python -m diag topology` writes for such a node: GPUs 0..N-1 in NVLink islands of 8, and
+    every pair listed in `p2p` (true inside an island, false across), as NVML reports them. The map gives every
+    module of the model a GPU (cuda:0) and pads it with keys no module has (`model.layers.N.extra_M`), the shape
+    of a map written for another model, each key of which MAP-005 must account for.
+    """
+    from dataclasses import replace
+
+    from diag.topology.files import node_to_dict
+    from diag.topology.simulated import simulated_node
+    from diag.twins import PRESETS, build_meta
+
+    node = simulated_node("8xA100-80GB")
+    template = node.gpus[0]
+    many = tuple(
+        replace(template, nvml_index=i, uuid=f"GPU-{i:08x}-0000-4000-8000-{i:012x}", pci_bus_id=f"00000000:{i:05X}.0")
+        for i in range(gpus)
+    )
+    p2p = tuple((a, b, a // 8 == b // 8) for a in range(gpus) for b in range(a + 1, gpus))
+    data = node_to_dict(replace(node, gpus=many, p2p=p2p, hostname=f"bench-{gpus}gpus"))
+    data["source"] = "file"
+    topology = Path(folder, f"topology-{gpus}.json")
+    topology.write_text(json.dumps(data))
+    modules = [name for name, _ in build_meta(PRESETS["llava-1.5-7b"]).named_modules() if name and "." not in name]
+    device_map: dict[str, Any] = {name: 0 for name in modules}
+    for index in range(keys - len(device_map)):
+        device_map[f"model.layers.{index % 32}.extra_{index}"] = 0
+    mapping = Path(folder, f"map-{keys}.json")
+    mapping.write_text(json.dumps(device_map))
+    return {"topology": str(topology), "topology_bytes": topology.stat().st_size, "p2p_pairs": len(p2p),
+            "map": str(mapping), "map_bytes": mapping.stat().st_size, "map_keys": len(device_map)}  # fmt: skip
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["plan"] and len(argv) == 3:
         out = plan(argv[1], int(argv[2]))
     elif argv[:1] == ["twins"] and len(argv) == 2:
         out = twins(json.loads(argv[1]))
+    elif argv[:1] == ["bounds-files"] and len(argv) == 4:
+        out = bounds_files(argv[1], int(argv[2]), int(argv[3]))
     else:
-        raise SystemExit(f"usage: {sys.argv[0]} plan PRESET GPUS | twins JSON")
+        raise SystemExit(f"usage: {sys.argv[0]} plan PRESET GPUS | twins JSON | bounds-files DIR GPUS KEYS")
     print(json.dumps(out))
 
 

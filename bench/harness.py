@@ -302,6 +302,7 @@ TARGETS = (
     Target("twin run, 64 / 4 virtual GPUs", "gpus_ratio", 1.2),
     Target("env checks, 64 / 4 simulated GPUs (whole run)", "env_gpu_ratio", 1.2),
     Target("twin run, 80 / 8 layers", "layers_ratio", 3.0),
+    Target("slowest run at the bounds (1,000 GPUs; 100,000 map keys)", "bounds_slowest_s", 30.0, "s"),
     Target("env checks, seconds added from 4 to 64 GPUs", "env_gpu_added_s", 0.0, "s", informational=True),
     Target("suite -n 2 / serial (needs spare cores)", "xdist_ratio", 1.0, informational=True),
 )
@@ -326,6 +327,7 @@ def evaluate_targets(figures: Mapping[str, float]) -> list[dict[str, Any]]:
                 "unit": target.unit,
                 "value": value,
                 "verdict": verdict,
+                "informational": target.informational,
             }
         )
     return out
@@ -335,7 +337,7 @@ def targets_table(results: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for r in results:
         limit = f"<= {r['limit']:g} {r['unit']}" if r["unit"] != "x" else f"<= {r['limit']:g}"
-        if r["unit"] == "s":  # a figure with no target, in seconds
+        if r["unit"] == "s" and r.get("informational"):  # a figure with no target, in seconds
             limit = "-"
         value = None if r["value"] is None else (f"{r['value']:.0f} MiB" if r["unit"] == "MiB" else f"{r['value']:.2f}")
         rows.append((r["target"], limit, value, r["verdict"]))

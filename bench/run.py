@@ -4,7 +4,8 @@
 
 Sections (all by default): suite (the whole suite against `import torch, transformers, accelerate`), xdist
 (`-n 2` against serial), plan (meta build + `auto` planning per preset), layers (a twin's run against decoder
-depth), gpus (a twin's run against virtual GPU count), env (the environment checks against simulated GPU count).
+depth), gpus (a twin's run against virtual GPU count), env (the environment checks against simulated GPU count),
+bounds (a replayed 1,000-GPU topology and a 100,000-key device map against a trivial pytest run).
 
 Every figure that has a target is a ratio between cases measured in the same loop: each round runs every case
 once, in turn, so a busy minute slows all of them alike. Each case is a fresh process, timed from outside; its
@@ -50,7 +51,7 @@ from harness import (  # bench/ is the script's folder, so it is on sys.path
 
 CHILD = Path(__file__).resolve().with_name("child.py")
 SCHEMA = "diag-bench/1"
-SECTIONS = ("suite", "xdist", "plan", "layers", "gpus", "env")
+SECTIONS = ("suite", "xdist", "plan", "layers", "gpus", "env", "bounds")
 SIMULATE = "8xA100-80GB"
 LAYERS = (8, 16, 32, 48, 64, 80)
 LAYERS_QUICK = (8, 80)
@@ -62,6 +63,8 @@ ENV_GPUS = (1, 4, 8, 16, 64)
 ENV_GPUS_QUICK = (1, 4, 64)
 PLAN_GPUS = 8
 PLAN_QUICK = ("llava-1.5-7b", "internvl2-76b")
+BOUNDS_GPUS = 1000  # under the 1,024-GPU cap a replayed topology may get
+BOUNDS_KEYS = 100_000
 
 
 def suite_cases(report_dir: Path) -> list[Case]:
@@ -153,6 +156,42 @@ def section_env(repeat: int, gpus: Sequence[int], tmp: Path) -> Section:
         "env_gpu_added_s": wall[high].median - wall[low].median,
     }
     section.data["compared"] = [low, high]
+    return section
+
+
+def section_bounds(repeat: int, tmp: Path) -> Section:
+    """Inputs at the stated bounds, replayed from files the bench writes (bench/child.py bounds-files)."""
+    argv = (sys.executable, str(CHILD), "bounds-files", str(tmp), str(BOUNDS_GPUS), str(BOUNDS_KEYS))
+    made = child_json(interleave([Case("bounds-files", argv)], 1)["bounds-files"][0])
+    (tmp / "test_trivial.py").write_text("def test_trivial():\n    pass\n")
+    report = tmp / "b.json"
+    map_args = ("checks/test_devicemap.py", "--simulate", SIMULATE, "--model", "llava-1.5-7b")
+    cases = [
+        Case("baseline", pytest_argv("test_trivial.py"), cwd=tmp),
+        Case(
+            f"env, {BOUNDS_GPUS} GPUs replayed",
+            pytest_argv("checks/test_env.py", "--topology", made["topology"], "--diag-report", str(report)),
+            accept=frozenset({0, 1}),
+            report=report,
+        ),
+        Case(
+            f"map, {BOUNDS_KEYS} keys",
+            pytest_argv(*map_args, "--device-map", f"@{made['map']}", "--diag-report", str(report)),
+            accept=frozenset({0, 1}),
+            report=report,
+        ),
+    ]
+    notes = [
+        f"topology: {BOUNDS_GPUS} GPUs in NVLink islands of 8, all {made['p2p_pairs']} pairs listed in p2p "
+        f"({made['topology_bytes'] / 2**20:.1f} MiB), every GPU selected: the peer-access check reads each pair once",
+        f"map: every top-level module of llava-1.5-7b on cuda:0 plus keys no module has, {made['map_keys']} in all "
+        f"({made['map_bytes'] / 2**20:.1f} MiB): MAP-005 suggests a spelling for the first 20 and counts the rest",
+        "exit code 1 (a failed check) is timed like 0: the padded map is wrong on purpose",
+        *hypothesis_note(),
+    ]
+    section, wall, _ = process_section("bounds", "Inputs at the bounds", cases, repeat, "baseline", notes)
+    section.data["inputs"] = made
+    section.figures = {"bounds_slowest_s": max(wall[c.name].median for c in cases[1:])}
     return section
 
 
@@ -307,6 +346,7 @@ def run_sections(options: argparse.Namespace, tmp: Path) -> list[Section]:
         "layers": lambda: section_layers(options.repeat, LAYERS_QUICK if quick else LAYERS),
         "gpus": lambda: section_gpus(options.repeat, GPUS_QUICK if quick else GPUS),
         "env": lambda: section_env(options.repeat, ENV_GPUS_QUICK if quick else ENV_GPUS, tmp),
+        "bounds": lambda: section_bounds(options.repeat, tmp),
     }
     sections = []
     for name in chosen:

@@ -18,6 +18,7 @@ from diag.layout import (
     lmms_eval_strategy_in_processes,
     local_processes,
     local_rank,
+    span,
     vlmevalkit_layout,
 )
 from diag.options import DiagOptions
@@ -66,7 +67,7 @@ def test_processes_do_not_outnumber_the_visible_gpus(launch: Launch, diag_topolo
     if launch.kit == "vlmevalkit":
         why = f"VLMEvalKit's run.py stops with AssertionError: {PROCESSES_ASSERTION}"
     else:
-        beyond = ", ".join(f"cuda:{rank}" for rank in range(visible, count))
+        beyond = span("cuda:", visible, count)  # a range past a few: 10^9 processes must not build 10^9 names
         why = f"the processes of local rank {visible} and up take {beyond}: CUDA error: invalid device ordinal"
     check.fail("LAYOUT-001", f"{where}: {why}",
                f"Launch at most {visible} processes on this node (`torchrun --nproc-per-node {visible}`, "

@@ -57,6 +57,16 @@ def local_processes(option: int | None, env: Mapping[str, str]) -> ProcessCount:
     return ProcessCount(1, "default", tuple(ignored))
 
 
+def span(prefix: str, start: int, stop: int, listed: int = 4) -> str:
+    """Names `prefix{i}` for i in range(start, stop), summarised past `listed` names: `cuda:8-cuda:999999999`.
+
+    The work and the text are bounded whatever the count: a launch of 10^9 processes is a range, not a list.
+    """
+    if stop - start <= listed:
+        return ", ".join(f"{prefix}{i}" for i in range(start, stop))
+    return f"{prefix}{start}-{prefix}{stop - 1} ({stop - start} in all)"
+
+
 def local_rank(env: Mapping[str, str]) -> int | None:
     """This process's rank on the node (LOCAL_RANK from the launchers, SLURM_LOCALID from srun), if set."""
     for name in ("LOCAL_RANK", "SLURM_LOCALID"):
@@ -104,7 +114,7 @@ def vlmevalkit_layout(topology: Topology, processes: int) -> VlmevalkitLayout:
         gpu_list = tuple(str(entry) for entry in parse_cuda_visible_devices_like_vlmevalkit(cvd))
     else:
         gpu_list = tuple(str(device.cuda_index) for device in topology.cuda.devices)
-    if processes <= 1:
+    if processes <= 1 or not gpu_list:  # no GPU list: run.py does not slice, and every process sees the same
         only: tuple[ProcessSlice, ...] = (ProcessSlice(0, tuple(range(len(gpu_list))), gpu_list),)
         return VlmevalkitLayout(gpu_list, only, ())
     positions = process_slices(len(gpu_list), processes)

@@ -31,8 +31,15 @@ def _processes(value: str) -> int:
 
 
 def _report_path(value: str) -> str:
+    from diag.report import ReportTargetError, refuse_unless_regular
+
     if not value.strip():
         raise argparse.ArgumentTypeError("empty path: expected a file for the JSON report")
+    if "{" not in value:  # with {rank}/{host} the path is known once they are filled (write_report checks it then)
+        try:
+            refuse_unless_regular(value)  # /dev/null, a FIFO, a directory, a symlink: never replaced
+        except ReportTargetError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 

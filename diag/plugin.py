@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -66,8 +68,85 @@ def _restore_env(state: DiagState) -> None:
 
 
 # -- hooks -----------------------------------------------------------------------------------------------------
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     add_options(parser)
+    config = pluginmanager.get_plugin("pytestconfig")
+    if isinstance(config, pytest.Config):
+        config.add_cleanup(lambda: _unstarted_run(config))
+
+
+def _unstarted_run(config: pytest.Config) -> None:
+    """A run that never configured (a usage error in the options) writes no report: remove the previous one.
+
+    pytest runs a config's cleanups even when parsing its command line fails, before it prints the usage error.
+    The path is the one the run would have written (--diag-report as given, else the default when the run
+    targets the checks); only a diag report there is removed (diag.report.remove_stale_report).
+    """
+    if STATE in config.stash:
+        return  # configured: the session's own hooks wrote (or removed) the report
+    if getattr(config.option, "version", 0):
+        return  # `--version` parses fine and stops before configuring: no run, and no usage error either
+    from diag.dist.ranks import launched_rank
+    from diag.report import ReportPathError, remove_stale_report, report_path
+
+    args = [str(a) for a in config.invocation_params.args]
+    template = _given_report_path(args)
+    if template is None and not _args_target_checks(args, config.invocation_params.dir):
+        return  # a dormant plugin writes nothing, and removes nothing
+    try:
+        from diag.dist import ranks
+
+        rank, host = launched_rank(os.environ), ranks.hostname()
+        remove_stale_report(report_path(template, config.rootpath, rank, host))
+    except (ReportPathError, ValueError, OSError, AttributeError):  # AttributeError: no rootpath yet
+        return  # the path itself is the usage error, or the launcher's variables are: nothing to remove
+
+
+def _given_report_path(args: list[str]) -> str | None:
+    found = None
+    for i, arg in enumerate(args):
+        if arg == "--diag-report" and i + 1 < len(args):
+            found = args[i + 1]
+        elif arg.startswith("--diag-report="):
+            found = arg.partition("=")[2]
+    return found
+
+
+def _args_target_checks(args: list[str], invocation_dir: Path) -> bool:
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        if arg.split("::")[0].startswith("diag.checks"):
+            return True
+        with contextlib.suppress(OSError, ValueError):
+            if "checks" in Path(invocation_dir, arg.split("::")[0]).resolve().parts:
+                return True
+    return False
+
+
+class _Interruption:
+    """SIGTERM in the controller of an active session: stop the run as Ctrl-C does, so the report is written
+    and says so. Installed at session start, the previous handler restored when the session is unconfigured."""
+
+    def __init__(self, state: DiagState) -> None:
+        self.state = state
+        self.previous: Any = None
+        self.installed = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers (an embedding program's thread: leave its signals)
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+        self.installed = True
+
+    def restore(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+            self.installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.state.interrupted = "SIGTERM"
+        raise KeyboardInterrupt("SIGTERM")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -97,6 +176,7 @@ class SessionHooks:
 
     def __init__(self, state: DiagState) -> None:
         self.state = state
+        self.interruption = _Interruption(state)
 
     def pytest_report_header(self, config: pytest.Config) -> str | None:
         try:
@@ -142,7 +222,13 @@ class SessionHooks:
             self.state.record_collect_error(report)
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if self.state.is_controller and not self.state.collect_only:
+            self.interruption.install()
         self.state.remove_stale_maps()
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        if isinstance(excinfo.value, KeyboardInterrupt) and self.state.interrupted is None:
+            self.state.interrupted = "KeyboardInterrupt"  # Ctrl-C (SIGTERM's handler set its own name first)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.state.write()
@@ -152,8 +238,11 @@ class SessionHooks:
         self.state.write()
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        if self.state.written is None and self.state.write_error is None:
-            self.state.write()  # the session ended before sessionfinish (interrupt, usage error): keep the report
+        try:
+            if self.state.written is None and self.state.write_error is None:
+                self.state.write()  # the session ended before sessionfinish (interrupt, usage error): keep the report
+        finally:
+            self.interruption.restore()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_json_modifyreport(self, json_report: dict[str, Any]) -> None:

@@ -9,8 +9,10 @@ import os
 import platform
 import re
 import secrets
+import stat
 import string
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from importlib import metadata
@@ -122,7 +124,24 @@ def topology_section(topology: Topology | None) -> dict[str, Any]:
             "simulated": topology.cuda.simulated,
             "devices": [asdict(d) for d in topology.cuda.devices],
         },
-        "p2p": [list(p) for p in topology.node.p2p if p[0] in chosen and p[1] in chosen],
+        **_p2p_section(topology, chosen),
+    }
+
+
+P2P_ALL_PAIRS_GPUS = 16  # up to this many selected GPUs the report lists every reported pair
+P2P_LISTED = 64  # beyond, only pairs without peer access, this many at most, and counts
+
+
+def _p2p_section(topology: Topology, chosen: set[int]) -> dict[str, Any]:
+    """Peer access among the selected GPUs: every pair for a small selection; for a large one (a 1,000-GPU node has
+    half a million pairs) the first P2P_LISTED pairs without access, with `p2p_counts` saying how many there are."""
+    pairs = [p for p in topology.node.p2p if p[0] in chosen and p[1] in chosen]
+    if len(chosen) <= P2P_ALL_PAIRS_GPUS:
+        return {"p2p": [list(p) for p in pairs]}
+    without = sorted((min(a, b), max(a, b), ok) for a, b, ok in pairs if ok is not True)
+    return {
+        "p2p": [list(p) for p in without[:P2P_LISTED]],
+        "p2p_counts": {"reported": len(pairs), "without_access": len(without), "listed": min(len(without), P2P_LISTED)},
     }
 
 
@@ -150,12 +169,14 @@ def build_report(
     host: str | None = None,
     launch: Mapping[str, Any] | None = None,
     eval_command: Sequence[str] | None = None,
+    interrupted: str | None = None,
 ) -> dict[str, Any]:
     """The whole report as JSON data (`diag-report/1`, diag/schema/diag-report-1.json; added fields, no renames).
 
     `host` is the machine that ran the checks; `launch` this process's place in a launched job (rank, world size,
     local rank, launcher, rendezvous), None when no launcher started it. `eval_command` the eval command the
     checks were for (--eval-command, which `python -m diag run` passes), redacted like `command` and shell-quoted.
+    `interrupted` what stopped the run before its end (SIGTERM, KeyboardInterrupt), None when it ended on its own.
     """
     known = redact.secrets_of(command, environ, eval_command)
     report = {
@@ -169,6 +190,9 @@ def build_report(
         "topology": topology_section(topology),
         "summary": summary_section(checks, duration_s),
         "checks": list(checks),
+        # The run was stopped before it finished ("SIGTERM", "KeyboardInterrupt"): summary and checks are as far
+        # as it got. null for a run that ended on its own.
+        "interrupted": interrupted,
     }
     # Every string of the report, `checks[].data` and messages included, through the one redaction.
     redacted: dict[str, Any] = redact.redact_data(report, known)
@@ -208,20 +232,99 @@ def _new_temp_file(target: Path) -> tuple[int, Path]:
             continue
 
 
+class ReportTargetError(OSError):
+    """The report path names something other than a regular file (a device, a FIFO, a directory, a symlink)."""
+
+
+def refuse_unless_regular(path: str | os.PathLike[str]) -> None:
+    """Raise ReportTargetError unless `path` is absent or a regular file (not followed through a symlink).
+
+    diag replaces the report by renaming a new file onto the path: onto /dev/null, a FIFO or a symlink that would
+    replace the node itself, so only a regular file (or nothing) may stand there.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:  # nothing there (or a parent is no folder): nothing to replace; writing says what is wrong
+        return
+    if not stat.S_ISREG(mode):
+        raise ReportTargetError(
+            f"{path} is {_kind(mode)}, not a regular file: diag writes its report only to a regular file (or a new one)"
+        )
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+TEMP_NAME = r"\.{name}\.[0-9a-f]{{12}}\.tmp"  # what _new_temp_file names a temporary file beside the report
+STALE_TEMP_S = 600.0  # a temporary file older than this was left by a killed run (a write takes milliseconds)
+
+
 def write_report(path: str | os.PathLike[str], report: Mapping[str, Any]) -> Path:
     """Replace the report file atomically (a reader sees the old or the new file, never half of one).
 
-    The file gets the permissions the umask gives any new file, as if written in place.
+    Only a regular file is ever replaced (ReportTargetError otherwise). The file gets the permissions the umask
+    gives any new file, as if written in place. The temporary file is removed on every exit path that Python sees
+    (an exception, KeyboardInterrupt, SIGTERM through diag's handler); one a SIGKILL left behind is removed by the
+    next write to the same path once it is older than STALE_TEMP_S.
     """
     target = Path(path)
+    refuse_unless_regular(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files(target)
     fd, tmp = _new_temp_file(target)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2, default=str)
             handle.write("\n")
+        refuse_unless_regular(target)  # narrow the window in which something else could have appeared there
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def remove_stale_report(path: str | os.PathLike[str]) -> bool:
+    """Remove a previous diag report at `path` (this run wrote none), so no script reads its stale results.
+
+    Only a regular file that holds a diag report (`"schema": "diag-report/1"`) is removed; anything else stays.
+    Returns whether a file was removed.
+    """
+    target = Path(path)
+    try:
+        if not stat.S_ISREG(os.lstat(target).st_mode):
+            return False
+        with target.open(encoding="utf-8") as handle:
+            head = handle.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not re.search(r'"schema"\s*:\s*"' + re.escape(SCHEMA) + '"', head):
+        return False
+    try:
+        target.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def _remove_stale_temp_files(target: Path) -> None:
+    pattern = re.compile(TEMP_NAME.format(name=re.escape(target.name)))
+    now = time.time()
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_S:
+                os.unlink(entry.path)
+        except OSError:
+            continue

@@ -18,7 +18,7 @@ from diag.dist.ranks import LaunchEnvError, launched_rank, rank_info
 from diag.fixes import lookup
 from diag.options import DiagOptions
 from diag.redact import remember, secrets_of
-from diag.report import SCHEMA, ReportPathError, build_report, report_path, write_report
+from diag.report import SCHEMA, ReportPathError, build_report, remove_stale_report, report_path, write_report
 from diag.topology import build_topology
 from diag.topology.files import cuda_view_from_dict, node_from_dict
 from diag.topology.records import Topology
@@ -54,6 +54,8 @@ class DiagState:
         self.written: Path | None = None
         self.write_error: str | None = None
         self.internal_error: str | None = None
+        self.interrupted: str | None = None  # "SIGTERM" or "KeyboardInterrupt": the run stopped before its end
+        self._finished: set[str] = set()  # checks whose teardown was reported: an interruption did not cut them
         self._topology: Topology | None = None
         self._map_cases: list[MapCase] | None = None
         self._meta_models: dict[tuple[str, str], torch.nn.Module] = {}
@@ -106,6 +108,8 @@ class DiagState:
              "subject": None, "fix": None, "references": [], "warnings": [], "data": {}},
         )  # fmt: skip
         entry["duration_s"] = round(entry["duration_s"] + report.duration, 4)
+        if report.when == "teardown":
+            self._finished.add(report.nodeid)
         warnings: list[dict[str, Any]] = []
         for name, value in report.user_properties:
             if name != USER_PROPERTY or not isinstance(value, dict):
@@ -145,6 +149,14 @@ class DiagState:
 
     def report(self) -> dict[str, Any]:
         checks = list(self.results.values())
+        if self.interrupted:  # a check cut short passed nothing: its setup's "passed" is not its outcome
+            cut = f"not finished: the run was interrupted ({self.interrupted})"
+            checks = [
+                {**c, "outcome": "skipped", "message": cut}
+                if c["outcome"] == "passed" and c["nodeid"] not in self._finished and "::" in c["nodeid"]
+                else c
+                for c in checks
+            ]
         if self.internal_error:
             checks.append(
                 {"nodeid": "diag::internal", "outcome": "error", "duration_s": 0.0, "code": "DIAG-002",
@@ -165,6 +177,7 @@ class DiagState:
             host=ranks.hostname(),
             launch=_launch_section(),
             eval_command=self.options.eval_command,
+            interrupted=self.interrupted,
         )
 
     @property
@@ -201,6 +214,9 @@ class DiagState:
             self.write_error = None
         except Exception as exc:  # writing the report never crashes the run; the summary says it failed
             self.write_error = f"{type(exc).__name__}: {exc}"
+            # The previous run's report must not pass for this run's: remove it (a diag report only).
+            if remove_stale_report(self.report_path):
+                self.write_error += "; the previous report there was removed"
 
 
 MAP_FILE_NAME = r"device-map-[A-Za-z0-9_.:-]+?\.json"  # what diag.devicemap.cases.write_map names a map

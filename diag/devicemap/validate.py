@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -129,13 +129,51 @@ def _module_names(model: torch.nn.Module) -> set[str]:
     return names
 
 
+SUGGESTED_KEYS = 20  # unknown keys that get a spelling suggestion; the rest are counted, not matched
+
+
+class _Suggester:
+    """Spelling suggestions for unknown map keys, linear in the model's modules, not in modules x keys.
+
+    A key is walked down the module tree one dotted part at a time; a part that is no child of the path so far is
+    matched against that path's children only (a dict built once), so `model.layer.0` finds `model.layers.0`
+    through the four children of `model`. At most SUGGESTED_KEYS keys are matched at all: a 100,000-key map of
+    another model gets 20 suggestions and a count, not 100,000 fuzzy searches.
+    """
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = set(names)
+        self.children: dict[str, list[str]] = {}
+        for name in sorted(self.names):
+            parent, _, part = name.rpartition(".")
+            self.children.setdefault(parent, []).append(part)
+        self.asked = 0
+
+    def closest(self, name: str) -> str | None:
+        """The module a misspelt key meant; None when only a number differs (`layers.80` of an 80-layer model is a
+        layer that does not exist, as VLMEvalKit's split writes, not a typo for `layers.8`)."""
+        if self.asked >= SUGGESTED_KEYS:
+            return None
+        self.asked += 1
+        path = ""
+        for part in name.split("."):
+            here = f"{path}.{part}" if path else part
+            if here not in self.names:
+                hits = difflib.get_close_matches(part, self.children.get(path, []), n=1, cutoff=0.6)
+                if not hits:
+                    return None
+                here = f"{path}.{hits[0]}" if path else hits[0]
+            path = here
+        if difflib.SequenceMatcher(None, name, path).ratio() < 0.8:
+            return None
+        if re.sub(r"\d+", "#", path) == re.sub(r"\d+", "#", name):
+            return None
+        return path
+
+
 def _closest(name: str, names: Sequence[str]) -> str | None:
-    """The module a misspelt key meant; None when only a number differs (`layers.80` of an 80-layer model is a
-    layer that does not exist, as VLMEvalKit's split writes, not a typo for `layers.8`)."""
-    hits = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
-    if not hits or re.sub(r"\d+", "#", hits[0]) == re.sub(r"\d+", "#", name):
-        return None
-    return hits[0]
+    """The module a misspelt key meant (see _Suggester.closest), for one key against a list of names."""
+    return _Suggester(names).closest(name)
 
 
 def buffer_only_modules(model: torch.nn.Module) -> list[str]:
@@ -165,10 +203,12 @@ def check_dict_map(
     if unknown:
         # accelerate ignores keys that match no module (with a warning): harmless unless the module they meant
         # is left without a device, which the coverage check below reports as the failure.
-        renamed = {key: _closest(key, sorted(names)) for key in unknown}
-        fixed = {renamed.get(k) or k: v for k, v in device_map.items() if k not in unknown or renamed.get(k)}
-        hints = ", ".join(f"{k} -> {v}" if v else f"{k} (no such module)" for k, v in renamed.items())
-        report.warnings.append(Finding("MAP-005", f"the map names modules this model does not have: {hints}",
+        suggester = _Suggester(names)
+        renamed = {key: suggester.closest(key) for key in unknown}
+        unknown_set = set(unknown)
+        fixed = {renamed.get(k) or k: v for k, v in device_map.items() if k not in unknown_set or renamed.get(k)}
+        hints = [f"{k} -> {v}" if v else f"{k} (no such module)" for k, v in renamed.items()]
+        report.warnings.append(Finding("MAP-005", f"the map names modules this model does not have: {_shorten(hints)}",
                                        fixed))  # fmt: skip
     bad_values = sorted({repr(v) for v in device_map.values() if not is_valid_value(v)})
     if bad_values:

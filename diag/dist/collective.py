@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from torch.distributed.distributed_c10d import Store
 
 DEFAULT_TIMEOUT_S = 30.0
+# The deadline starts when each rank reaches the check, and the ranks get there at different moments: each starts
+# Python, imports torch and collects the checks on its own (0.3 s apart on an idle 2-core machine, seconds on a
+# busy node), and TCPStore's client never waits less than 1 s to connect. Below this a healthy job was reported as
+# a missing rank (DIST-001/DIST-002), so shorter values are refused as malformed.
+MIN_TIMEOUT_S = 2.0
+MAX_TIMEOUT_S = 86400.0
 TIMEOUT_ENV = "DIAG_COLLECTIVE_TIMEOUT"
 _PREFIX = "diag-collective"
 STEPS = ("rendezvous", "process_group", "all_reduce")  # the marks a rank sets, in order
@@ -40,13 +46,17 @@ class TimeoutValueError(ValueError):
 
 
 def parse_timeout(value: str) -> float:
-    """A timeout in seconds: a number > 0 (at most a day: a pre-flight check that waits longer is no check)."""
+    """A timeout in seconds: at least MIN_TIMEOUT_S (the ranks' start-up skew) and at most a day (a pre-flight
+    check that waits longer is no check)."""
     try:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not 0 < seconds <= 86400:
-        raise TimeoutValueError(f"{TIMEOUT_ENV}={value!r}: expected a number of seconds, more than 0 and at most 86400")
+    if not MIN_TIMEOUT_S <= seconds <= MAX_TIMEOUT_S:  # also false for nan
+        raise TimeoutValueError(
+            f"{TIMEOUT_ENV}={value!r}: expected a number of seconds from {MIN_TIMEOUT_S:g} (the ranks start at "
+            f"different moments; less reports a healthy job as a missing rank) to {MAX_TIMEOUT_S:g}"
+        )
     return seconds
 
 

@@ -6,6 +6,7 @@ replayed one except through ``Node.source``. "Not supported" is ``None``, never 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -128,6 +129,24 @@ class Node:
     def p2p_status(self, a: int, b: int) -> bool | None:
         """Whether GPUs a and b (nvml indices) can read each other's memory; None: not reported."""
         return self._p2p_by_pair.get((min(a, b), max(a, b)))
+
+    def pairs_without_p2p(self, indices: Iterable[int], limit: int) -> tuple[tuple[tuple[int, int], ...], int]:
+        """The pairs of `indices` (nvml) reported without peer access: the first `limit` in order, and how many.
+
+        One pass over the pairs the node reports, never over every pair of the selection: the time is linear in
+        what NVML (or the file) listed and the memory in `limit`, however many GPUs are selected.
+        """
+        chosen = set(indices)
+        shown: list[tuple[int, int]] = []
+        count = 0
+        for pair, ok in self._p2p_by_pair.items():
+            if ok is False and pair[0] in chosen and pair[1] in chosen and pair[0] != pair[1]:
+                count += 1
+                if len(shown) < limit:
+                    shown.append(pair)
+                elif pair < max(shown):  # keep the first `limit` pairs in order, whatever order they were listed in
+                    shown[shown.index(max(shown))] = pair
+        return tuple(sorted(shown)), count
 
 
 @dataclass(frozen=True)

@@ -120,14 +120,12 @@ def simulated_cuda_view(node: Node, env: Mapping[str, str], torch_version: str |
             visible.append((node.gpu(entry.nvml_index), entry.uuid or ""))
     for cuda_index, (gpu, uuid) in enumerate(visible):
         devices.append(CudaDevice(cuda_index, uuid, gpu.name, gpu.memory_total_mib))
-    peers = tuple(
-        (
-            a.cuda_index,
-            b.cuda_index,
-            bool(node.p2p_status(visible[a.cuda_index][0].nvml_index, visible[b.cuda_index][0].nvml_index)),
-        )
-        for a in devices
-        for b in devices
-        if a.cuda_index < b.cuda_index
-    )
+    # One pass over the pairs the node reports (not over every pair of visible GPUs), keeping the reported ones.
+    cuda_of = {gpu.nvml_index: cuda_index for cuda_index, (gpu, _) in enumerate(visible)}
+    reported = {
+        (min(cuda_of[a], cuda_of[b]), max(cuda_of[a], cuda_of[b])): bool(node.p2p_status(a, b))
+        for a, b, _ in node.p2p
+        if a in cuda_of and b in cuda_of and a != b
+    }
+    peers = tuple((a, b, ok) for (a, b), ok in sorted(reported.items()))
     return CudaView(torch_version, node.torch_cuda, tuple(devices), peers, None, simulated=True)
