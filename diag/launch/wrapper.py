@@ -351,6 +351,9 @@ def main(argv: Sequence[str]) -> int:
         _say(f"error: put the eval command after `--`: {USAGE} (python -m diag run --help)")
         return USAGE_ERROR
     diag_args, command = args[:split], args[split + 1 :]
+    if command and not command[0].strip():  # `-- ''`: no program to check or start
+        _say(f"error: the command after `--` starts with an empty word ({shlex.join(command[:1])}): {USAGE}")
+        return USAGE_ERROR
     dry_run, start_anyway = "--dry-run" in diag_args, "--start-anyway" in diag_args
     check_only = "--check-only" in diag_args
     diag_args = [a for a in diag_args if a not in ("--dry-run", "--start-anyway", "--check-only")]
