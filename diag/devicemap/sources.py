@@ -128,7 +128,7 @@ def _map_from_any_file(value: str, path_text: str) -> dict[str, str | int] | Non
 
 
 def _syntax_error(value: str, problem: str, *, expected: bool = True) -> DeviceMapSyntaxError:
-    shown = value if len(value) <= 80 else f"{value[:60]}… ({len(value):,} characters)"
+    shown = value if len(value) <= 1000 else f"{value[:100]}… ({len(value):,} characters)"
     return DeviceMapSyntaxError(f"--device-map {shown!r}: {problem}" + (f"; {EXPECTED}" if expected else ""))
 
 

@@ -47,8 +47,8 @@ def _object(where: str, path: tuple[str | int, ...], value: Any) -> dict[str, An
     return value
 
 
-def _list(where: str, path: tuple[str | int, ...], value: Any, what: str, limit: int) -> list[Any]:
-    if not isinstance(value, list):
+def _list(where: str, path: tuple[str | int, ...], value: Any, what: str, limit: int) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, list | tuple):  # a tuple: the node handed to xdist workers as Python values
         raise fail(where, path, f"a list of {what}", value)
     if len(value) > limit:
         raise InputError(f"{where}: {field(path)}: {len(value):,} {what}, more than the {limit:,} diag reads")
@@ -72,7 +72,7 @@ def _gpu_from_dict(where: str, index: int, data: Any) -> Gpu:
         raise fail(where, (*at, "pci_bus_id"), "a string", pci)
     capability = data.get("compute_capability")
     if capability is not None:
-        valid = isinstance(capability, list) and len(capability) == 2
+        valid = isinstance(capability, list | tuple) and len(capability) == 2
         valid = valid and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 100 for n in capability)
         if not valid:
             raise fail(where, (*at, "compute_capability"), "a pair [major, minor] such as [8, 0], or null", capability)
@@ -137,7 +137,7 @@ def node_from_dict(data: Any, *, replayed: bool = True, where: str = "topology")
     for number, entry in enumerate(_list(where, ("p2p",), data.get("p2p", []), "GPU pairs",
                                          MAX_GPUS_PER_NODE * MAX_GPUS_PER_NODE)):  # fmt: skip
         at: tuple[str | int, ...] = ("p2p", number)
-        if not isinstance(entry, list) or len(entry) != 3:
+        if not isinstance(entry, list | tuple) or len(entry) != 3:
             raise fail(where, at, "[GPU index, GPU index, true/false/null]", entry)
         a, b = (whole(where, (*at, i), entry[i], f"a GPU index 0..{len(gpus) - 1}", low=0,
                       high=max(len(gpus) - 1, 0)) for i in (0, 1))  # fmt: skip
