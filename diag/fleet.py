@@ -86,12 +86,15 @@ def load_report(path: str | Path) -> Source:
 _Path = tuple[str | int, ...]
 
 
-def _obj(where: str, path: _Path, value: Any) -> dict[str, Any]:
-    """An object, or {} for null or a missing field."""
-    if value is None:
+_MISSING = object()
+
+
+def _obj(where: str, path: _Path, value: Any, *, null: bool = True) -> dict[str, Any]:
+    """An object, or {} for a missing field (and for null where `null`)."""
+    if value is _MISSING or (value is None and null):
         return {}
     if not isinstance(value, dict):
-        raise reader.fail(where, path, "an object or null", value)
+        raise reader.fail(where, path, "an object or null" if null else "an object", value)
     return value
 
 
@@ -114,12 +117,13 @@ def _strings(where: str, owner: Mapping[str, Any], path: _Path, keys: Iterable[s
 
 def _checked_report(where: str, data: dict[str, Any]) -> dict[str, Any]:
     """The report with the fields merge reads checked for type (one-line InputError naming the field); a null
-    `topology`, `summary` or `launch` reads as an empty one."""
+    `launch` (no launcher) reads as an empty one, a null `topology` or `summary` is refused (the schema requires
+    objects)."""
     for index, check in enumerate(_objects(where, ("checks",), data["checks"])):
         _strings(where, check, ("checks", index), ("nodeid", "subject", "outcome", "code", "message"))
         fix = _obj(where, ("checks", index, "fix"), check.get("fix"))
         reader.optional_str(where, ("checks", index, "fix", "summary"), fix.get("summary"))
-    summary = _obj(where, ("summary",), data.get("summary"))
+    summary = _obj(where, ("summary",), data.get("summary", _MISSING), null=False)  # the schema requires objects
     for key in ("passed", "failed", "skipped", "errors"):
         if key in summary:
             reader.whole(where, ("summary", key), summary[key], "a count >= 0", low=0, high=1 << 53)
@@ -128,7 +132,7 @@ def _checked_report(where: str, data: dict[str, Any]) -> dict[str, Any]:
     for key in ("rank", "local_rank", "world_size"):
         if launch.get(key) is not None:
             reader.whole(where, ("launch", key), launch[key], "a whole number >= 0", low=0, high=1 << 31)
-    topology = _obj(where, ("topology",), data.get("topology"))
+    topology = _obj(where, ("topology",), data.get("topology", _MISSING), null=False)
     _strings(where, topology, ("topology",), ("hostname", "source"))
     for index, gpu in enumerate(_objects(where, ("topology", "gpus"), topology.get("gpus"))):
         at: _Path = ("topology", "gpus", index)
