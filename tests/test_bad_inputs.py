@@ -328,3 +328,12 @@ def test_a_unicode_digit_rank_is_a_dist_008_finding_with_a_report(run_checks, mo
     assert entry["code"] == "DIST-008" and entry["message"] == "RANK='²': expected a whole number >= 0."
     assert run.report["launch"] == {"error": "RANK='²': expected a whole number >= 0"}
     assert "Traceback" not in run.result.stdout.str() + run.result.stderr.str()
+
+
+def test_a_fifo_at_the_report_path_does_not_block_the_look_for_stale_maps(tmp_path):
+    from diag.session import stale_map_files
+
+    os.mkfifo(tmp_path / "diag-report.json")  # reading the previous report there would block forever
+    started = time.monotonic()
+    assert stale_map_files(tmp_path / "diag-report.json") == []
+    assert time.monotonic() - started < FAST_S
