@@ -9,7 +9,6 @@ The command itself (its argv) is started unchanged, with os.execvpe, so it repla
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shlex
 import subprocess
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from diag.launch.commands import LMMS_EVAL, VLMEVALKIT, CommandError, EvalCommand, recognise, vlmevalkit_checkpoint
 from diag.launch.findeval import find_eval
+from diag.reader import load_json
 from diag.summary import NEXT_STEP
 
 if TYPE_CHECKING:
@@ -274,8 +274,8 @@ def _read_report(path: Path, since: float) -> dict[str, Any] | None:
     try:
         if path.stat().st_mtime < since:
             return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = load_json(path)  # a regular file only (the reader): never blocks on a FIFO
+    except (OSError, ValueError):  # InputError is a ValueError
         return None
     return data if isinstance(data, dict) else None
 
