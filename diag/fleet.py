@@ -84,6 +84,7 @@ def load_report(path: str | Path) -> Source:
 
 
 _Path = tuple[str | int, ...]
+_OUTCOMES = ("passed", "failed", "skipped", "error")
 
 
 _MISSING = object()
@@ -120,7 +121,11 @@ def _checked_report(where: str, data: dict[str, Any]) -> dict[str, Any]:
     `launch` (no launcher) reads as an empty one, a null `topology` or `summary` is refused (the schema requires
     objects)."""
     for index, check in enumerate(_objects(where, ("checks",), data["checks"])):
-        _strings(where, check, ("checks", index), ("nodeid", "subject", "outcome", "code", "message"))
+        if not isinstance(check.get("nodeid"), str):
+            raise reader.fail(where, ("checks", index, "nodeid"), "a pytest node id", check.get("nodeid"))
+        if check.get("outcome") not in _OUTCOMES:
+            raise reader.fail(where, ("checks", index, "outcome"), " or ".join(_OUTCOMES), check.get("outcome"))
+        _strings(where, check, ("checks", index), ("subject", "code", "message"))
         fix = _obj(where, ("checks", index, "fix"), check.get("fix"))
         reader.optional_str(where, ("checks", index, "fix", "summary"), fix.get("summary"))
     summary = _obj(where, ("summary",), data.get("summary", _MISSING), null=False)  # the schema requires objects
@@ -129,9 +134,9 @@ def _checked_report(where: str, data: dict[str, Any]) -> dict[str, Any]:
             reader.whole(where, ("summary", key), summary[key], "a count >= 0", low=0, high=1 << 53)
     _strings(where, data, (), ("host", "created"))
     launch = _obj(where, ("launch",), data.get("launch"))
-    for key in ("rank", "local_rank", "world_size"):
+    for key, low in (("rank", 0), ("local_rank", 0), ("world_size", 1)):
         if launch.get(key) is not None:
-            reader.whole(where, ("launch", key), launch[key], "a whole number >= 0", low=0, high=1 << 31)
+            reader.whole(where, ("launch", key), launch[key], f"a whole number >= {low}", low=low, high=1 << 31)
     topology = _obj(where, ("topology",), data.get("topology", _MISSING), null=False)
     _strings(where, topology, ("topology",), ("hostname", "source"))
     for index, gpu in enumerate(_objects(where, ("topology", "gpus"), topology.get("gpus"))):
@@ -183,7 +188,7 @@ def _node_view(host: str, sources: Sequence[Source]) -> dict[str, Any]:
         keys = {uuid_key(u) for u in (gpu.get("uuid", ""), *gpu.get("mig_uuids", [])) if u}
         users = sorted(s.rank for s in sources if s.rank is not None and _gpu_of_rank(s) in keys)
         failures = [
-            {"rank": s.rank, "code": c.get("code"), "nodeid": c.get("nodeid")}
+            {"rank": s.rank, "code": c.get("code") or "unknown", "nodeid": c.get("nodeid")}  # as by cause
             for s in sources
             for c in s.report["checks"]
             if _bad(c) and gpu.get("nvml_index") in _gpus_named(c)

@@ -22,6 +22,7 @@ from diag.topology.files import load_node, node_to_dict
 from diag.topology.simulated import simulated_node
 from tests.conftest import REPO
 
+FLEET_SCHEMA = json.loads((REPO / "diag" / "schema" / "diag-fleet-1.json").read_text())
 REPORT_SCHEMA = json.loads((REPO / "diag" / "schema" / "diag-report-1.json").read_text())
 DEEP = "deep-nesting-"  # a string value that _nest() turns into n nested lists in the JSON text
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -142,7 +143,7 @@ def _valid_report() -> dict[str, Any]:
     return json.loads(json.dumps(report))
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=300)
 @given(text=mutated(_valid_report()))
 def test_a_mutated_report_merges_or_is_refused_in_one_line(tmp_path, text):
     try:
@@ -151,6 +152,5 @@ def test_a_mutated_report_merges_or_is_refused_in_one_line(tmp_path, text):
         _one_line(exc)
         return
     fleet = merge([source])
-    assert fleet["summary"]["reports"] == 1
-    fleet_text(fleet)
-    json.dumps(fleet)
+    assert fleet["summary"]["reports"] == 1 and fleet_text(fleet)
+    jsonschema.validate(json.loads(json.dumps(fleet)), FLEET_SCHEMA)
