@@ -338,3 +338,10 @@ def test_a_fifo_at_the_report_path_does_not_block_the_look_for_stale_maps(tmp_pa
     started = time.monotonic()
     assert stale_map_files(tmp_path / "diag-report.json") == []
     assert time.monotonic() - started < FAST_S
+
+
+def test_a_unicode_digit_in_cuda_visible_devices_names_no_gpu():
+    from diag.topology.selection import resolve_selection
+
+    selection = resolve_selection(simulated_node("2xA100-80GB"), None, {"CUDA_VISIBLE_DEVICES": "0,²"})
+    assert selection.nvml_indices == (0,) and selection.missing == ("²",)
