@@ -8,7 +8,6 @@ by fix code, and the ranks of the job that sent no report.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diag import reader
 from diag.fixes import CATALOG
 from diag.redact import redact_data, redact_text, secrets_of
 from diag.report import SCHEMA
@@ -64,24 +64,103 @@ class Source:
 
 def load_report(path: str | Path) -> Source:
     """Read one diag report; anything else is a FleetError with a one-line reason."""
-    where = str(path)
+    where = reader.name(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FleetError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise FleetError(f"{where}: is a directory, expected a diag report (JSON)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FleetError(f"{where}: cannot read it ({type(exc).__name__}: {exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FleetError(f"{where}: not JSON ({exc.msg} at line {exc.lineno}), expected a diag report") from None
+        data = reader.load_json(path)  # a regular file only, size and nesting capped
+    except reader.InputError as exc:
+        message = str(exc)
+        if message.startswith(f"{where}: not valid JSON"):
+            message = message.replace(": not valid JSON", ": not JSON", 1) + ", expected a diag report"
+        raise FleetError(message) from None
     schema = data.get("schema") if isinstance(data, dict) else None
+    if schema == SCHEMA and "checks" in data and not isinstance(data["checks"], list):
+        raise FleetError(f"{reader.fail(where, ('checks',), 'a list of checks', data['checks'])} (not a diag report "
+                         "as pytest checks/ writes it)")  # fmt: skip
     if schema != SCHEMA or not isinstance(data.get("checks"), list):
         found = f"schema {schema!r}" if schema is not None else "no schema field"
         raise FleetError(f"{where}: not a diag report ({found}; expected {SCHEMA!r}, as pytest checks/ writes)")
-    return Source(where, data)
+    try:
+        return Source(where, _checked_report(where, data))
+    except reader.InputError as exc:
+        raise FleetError(f"{exc} (not a diag report as pytest checks/ writes it)") from None
+
+
+_Path = tuple[str | int, ...]
+_OUTCOMES = ("passed", "failed", "skipped", "error")
+
+
+_MISSING = object()
+
+
+def _obj(where: str, path: _Path, value: Any, *, null: bool = True) -> dict[str, Any]:
+    """An object, or {} for a missing field (and for null where `null`)."""
+    if value is _MISSING or (value is None and null):
+        return {}
+    if not isinstance(value, dict):
+        raise reader.fail(where, path, "an object or null" if null else "an object", value)
+    return value
+
+
+def _objects(where: str, path: _Path, value: Any) -> list[dict[str, Any]]:
+    """A list of objects, or [] for null or a missing field."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise reader.fail(where, path, "a list of objects", value)
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise reader.fail(where, (*path, index), "an object", item)
+    return value
+
+
+def _strings(where: str, owner: Mapping[str, Any], path: _Path, keys: Iterable[str]) -> None:
+    for key in keys:
+        reader.optional_str(where, (*path, key), owner.get(key))
+
+
+def _checked_report(where: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The report with the fields merge reads checked for type (one-line InputError naming the field); a null
+    `launch` (no launcher) reads as an empty one, a null `topology` or `summary` is refused (the schema requires
+    objects)."""
+    for index, check in enumerate(_objects(where, ("checks",), data["checks"])):
+        if not isinstance(check.get("nodeid"), str):
+            raise reader.fail(where, ("checks", index, "nodeid"), "a pytest node id", check.get("nodeid"))
+        if check.get("outcome") not in _OUTCOMES:
+            raise reader.fail(where, ("checks", index, "outcome"), " or ".join(_OUTCOMES), check.get("outcome"))
+        _strings(where, check, ("checks", index), ("subject", "code", "message"))
+        fix = _obj(where, ("checks", index, "fix"), check.get("fix"))
+        reader.optional_str(where, ("checks", index, "fix", "summary"), fix.get("summary"))
+    summary = _obj(where, ("summary",), data.get("summary", _MISSING), null=False)  # the schema requires objects
+    for key in ("passed", "failed", "skipped", "errors"):
+        if key in summary:
+            reader.whole(where, ("summary", key), summary[key], "a count >= 0", low=0, high=1 << 53)
+    _strings(where, data, (), ("host", "created"))
+    launch = _obj(where, ("launch",), data.get("launch"))
+    for key, low in (("rank", 0), ("local_rank", 0), ("world_size", 1)):
+        if launch.get(key) is not None:
+            reader.whole(where, ("launch", key), launch[key], f"a whole number >= {low}", low=low, high=1 << 31)
+    topology = _obj(where, ("topology",), data.get("topology", _MISSING), null=False)
+    _strings(where, topology, ("topology",), ("hostname", "source"))
+    for index, gpu in enumerate(_objects(where, ("topology", "gpus"), topology.get("gpus"))):
+        at: _Path = ("topology", "gpus", index)
+        _strings(where, gpu, at, ("uuid", "name"))
+        mig = gpu.get("mig_uuids")
+        if mig is not None and (not isinstance(mig, list) or not all(isinstance(u, str) for u in mig)):
+            raise reader.fail(where, (*at, "mig_uuids"), "a list of strings", mig)
+        if gpu.get("nvml_index") is not None:
+            reader.whole(where, (*at, "nvml_index"), gpu["nvml_index"], "a GPU index >= 0", low=0, high=1 << 31)
+    selection = _obj(where, ("topology", "selection"), topology.get("selection"))
+    indices = selection.get("nvml_indices")
+    if indices is not None and not isinstance(indices, list):
+        raise reader.fail(where, ("topology", "selection", "nvml_indices"), "a list of GPU indices", indices)
+    cuda = _obj(where, ("topology", "cuda"), topology.get("cuda"))
+    for index, device in enumerate(_objects(where, ("topology", "cuda", "devices"), cuda.get("devices"))):
+        _strings(where, device, ("topology", "cuda", "devices", index), ("uuid",))
+    gpus = [{**g, "uuid": g.get("uuid") or "", "mig_uuids": g.get("mig_uuids") or []}
+            for g in topology.get("gpus") or []]  # fmt: skip
+    topology = {**topology, "gpus": gpus, "selection": {**selection, "nvml_indices": indices or []},
+                "cuda": {**cuda, "devices": cuda.get("devices") or []}}  # fmt: skip
+    return {**data, "summary": summary, "launch": launch, "topology": topology}
 
 
 def _gpu_of_rank(source: Source) -> str | None:
@@ -95,7 +174,7 @@ def _gpu_of_rank(source: Source) -> str | None:
 
 def _gpus_named(check: Mapping[str, Any]) -> set[int]:
     """nvidia-smi indices a check is about: `[gpu4]` in its id or `GPU 4` in its subject."""
-    found = {int(n) for n in _GPU_PARAM.findall(check.get("nodeid", ""))}
+    found = {int(n) for n in _GPU_PARAM.findall(check.get("nodeid") or "")}
     found |= {int(n) for n in _GPU_SUBJECT.findall(check.get("subject") or "")}
     return found
 
@@ -111,7 +190,7 @@ def _node_view(host: str, sources: Sequence[Source]) -> dict[str, Any]:
         keys = {uuid_key(u) for u in (gpu.get("uuid", ""), *gpu.get("mig_uuids", [])) if u}
         users = sorted(s.rank for s in sources if s.rank is not None and _gpu_of_rank(s) in keys)
         failures = [
-            {"rank": s.rank, "code": c.get("code"), "nodeid": c.get("nodeid")}
+            {"rank": s.rank, "code": c.get("code") or "unknown", "nodeid": c.get("nodeid")}  # as by cause
             for s in sources
             for c in s.report["checks"]
             if _bad(c) and gpu.get("nvml_index") in _gpus_named(c)

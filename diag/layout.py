@@ -71,7 +71,7 @@ def local_rank(env: Mapping[str, str]) -> int | None:
     """This process's rank on the node (LOCAL_RANK from the launchers, SLURM_LOCALID from srun), if set."""
     for name in ("LOCAL_RANK", "SLURM_LOCALID"):
         value = env.get(name, "").strip()
-        if value.isdigit():
+        if re.fullmatch(r"[0-9]{1,18}", value):  # ASCII digits: "²".isdigit() is true, int("²") raises
             return int(value)
     return None
 

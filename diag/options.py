@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pytest
@@ -20,14 +23,30 @@ def _simulate(value: str) -> str:
     return value
 
 
+MAX_PROCESSES = 4096  # processes on one node: more than any node has GPUs or cores to give them
+
+
 def _processes(value: str) -> int:
-    try:
-        count = int(value)
-    except ValueError:
-        count = 0
-    if count < 1 or not value.strip().isdigit():
+    text = value.strip()
+    count = int(text) if re.fullmatch(r"[0-9]{1,18}", text) else 0  # ASCII digits: "²".isdigit() is true
+    if count < 1:
         raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number of processes, 1 or more")
+    if count > MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"{value!r}: more than the {MAX_PROCESSES:,} processes per node diag checks")
     return count
+
+
+def _check_process_env(env: Mapping[str, str]) -> None:
+    """The launcher's per-node process count (LOCAL_WORLD_SIZE, SLURM_NTASKS_PER_NODE, else WORLD_SIZE) bounded
+    like --processes, as a usage error; --processes, when given, stands for it instead."""
+    from diag.layout import local_processes
+
+    found = local_processes(None, env)
+    if found.count > MAX_PROCESSES:
+        raise pytest.UsageError(
+            f"{found.origin}={env.get(found.origin, '').strip()}: more than the {MAX_PROCESSES:,} processes per "
+            "node diag checks; give the processes this node runs with --processes N"
+        )
 
 
 def _report_path(value: str) -> str:
@@ -215,4 +234,6 @@ def read_options(config: pytest.Config) -> DiagOptions:
     )
     if options.simulate and options.topology:
         raise pytest.UsageError("--simulate and --topology both describe the node: give one of them")
+    if options.processes is None:
+        _check_process_env(os.environ)
     return options

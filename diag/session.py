@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -17,6 +16,7 @@ from diag.dist import ranks
 from diag.dist.ranks import LaunchEnvError, launched_rank, rank_info
 from diag.fixes import lookup
 from diag.options import DiagOptions
+from diag.reader import load_json
 from diag.redact import remember, secrets_of
 from diag.report import SCHEMA, ReportPathError, build_report, remove_stale_report, report_path, write_report
 from diag.topology import build_topology
@@ -229,8 +229,8 @@ def stale_map_files(report: Path) -> list[Path]:
     folder by a fix (or a warning's fix) of a report with diag's schema: no other file is ever a candidate.
     """
     try:
-        previous = json.loads(report.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        previous = load_json(report)  # a regular file only: a FIFO at the report's path never blocks the run
+    except (OSError, ValueError):  # InputError is a ValueError
         return []
     if not isinstance(previous, dict) or previous.get("schema") != SCHEMA:
         return []

@@ -96,11 +96,11 @@ def _error(value: str) -> str:
 
 
 def test_a_missing_map_file_is_named(tmp_path):
-    assert f"file {tmp_path / 'nope.json'} not found" in _error(f"@{tmp_path / 'nope.json'}")
+    assert f"file {tmp_path / 'nope.json'}: no such file" in _error(f"@{tmp_path / 'nope.json'}")
 
 
 def test_an_unreadable_map_file_is_named(tmp_path):
-    assert f"cannot read file {tmp_path}" in _error(f"@{tmp_path}")
+    assert f"file {tmp_path}: is a directory, not a regular file" in _error(f"@{tmp_path}")
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_a_map_file_that_is_not_a_json_object_is_named(tmp_path, content, proble
 def test_a_map_file_that_is_not_text_is_named(tmp_path):
     path = tmp_path / "map.json"
     path.write_bytes(b'{"a": "\xff"}')
-    assert f"file {path} is not UTF-8 text" in _error(f"@{path}")
+    assert f"file {path}: not UTF-8 text" in _error(f"@{path}")
 
 
 def test_an_at_sign_without_a_file_is_an_error():
@@ -204,7 +204,7 @@ def test_device_names_and_strategies_win_over_files_of_that_name(tmp_path, monke
 
 def test_a_missing_json_path_is_named():
     message = _error("no-such-map.json")
-    assert "file no-such-map.json not found" in message
+    assert "file no-such-map.json: no such file" in message
 
 
 def test_a_json_path_with_bad_json_is_named(tmp_path):

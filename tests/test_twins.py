@@ -534,7 +534,11 @@ def test_an_unknown_model_type_names_the_supported_families(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("content", "words"),
-    [("not json {", "not a readable JSON config"), ("[1, 2]", "holds list"), (b"\xff\xfe\x00", "not a readable")],
+    [
+        ("not json {", "config.json: not valid JSON"),
+        ("[1, 2]", "holds a JSON list"),
+        (b"\xff\xfe\x00", "not UTF-8 text"),
+    ],
     ids=["not-json", "json-list", "binary"],
 )
 def test_an_unreadable_config_is_a_one_line_unknown_model(tmp_path: Path, content: str | bytes, words: str) -> None:

@@ -20,9 +20,9 @@ from diag.topology.files import load_node
         (["--gpus", "1,1"], "*argument --gpus: '1,1' names '1' twice*"),
         (["--simulate", "0xA100-80GB"], "*argument --simulate: '0xA100-80GB' has *: count and memory must be 1*"),
         (["--simulate", "banana"], "*argument --simulate: 'banana' is not a node: expected NxNAME-MEMGB*"),
-        (["--topology", "missing.json"], "*argument --topology: 'missing.json': no such file*"),
-        (["--topology", "bad.json"], "*argument --topology: 'bad.json' is not JSON (Expecting*"),
-        (["--topology", "other.json"], "*argument --topology: 'other.json' is not a diag topology: schema is None*"),
+        (["--topology", "missing.json"], "*argument --topology: missing.json: no such file*"),
+        (["--topology", "bad.json"], "*argument --topology: bad.json: not valid JSON (Expecting*"),
+        (["--topology", "other.json"], "*argument --topology: other.json: schema is null, expected 'diag-topology/1'*"),
         (["--processes", "0"], "*argument --processes: '0': expected a whole number of processes, 1 or more*"),
         (
             ["--simulate", "2xA100-80GB", "--topology", "node.json"],

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeAlias
 
+from diag import reader
+
 Strategy = Literal["auto", "balanced", "balanced_low_0", "sequential"]
 Kind = Literal["strategy", "device", "int", "dict", "empty", "none", "other"]
 DeviceMapValue: TypeAlias = "str | int | float | dict[str, str | int] | None"
@@ -28,6 +30,7 @@ EXPECTED = (
     "expected auto, balanced, balanced_low_0, sequential, cpu, cuda, cuda:N, N, a JSON object, "
     "or a map file as map.json or @map.json"
 )
+MAX_KEYS = 100_000  # modules in one map; a 100-layer model's finest map has a few thousand
 WORKING_FILE_FORMS = "write --device-map map.json or --device-map=@map.json"
 _INT = re.compile(r"-?[0-9]+")
 # Values that are devices or strategies, never file names: a file called `cpu` does not turn `--device-map cpu`
@@ -113,35 +116,30 @@ def parse_device_map_option(value: str) -> DeviceMapSource:
 def _map_from_any_file(value: str, path_text: str) -> dict[str, str | int] | None:
     """The map in an existing regular file whose whole text is a JSON object; None for anything else."""
     try:
-        path = Path(path_text)
-        if not path_text or not path.is_file():
+        if not path_text or not Path(path_text).is_file():
             return None
-        text = path.read_text(encoding="utf-8")
-        loaded = json.loads(text)
-    except (OSError, ValueError):  # ValueError: a NUL in the name, not UTF-8, not JSON
+        text = reader.read_text(path_text)
+        loaded = reader.loads(text, reader.name(path_text))
+    except (OSError, ValueError):  # ValueError: a NUL in the name; InputError: not UTF-8, too large, not JSON
         return None
     if not isinstance(loaded, dict):
         return None
-    return _map_from_json(value, text, where=f"file {path_text}: ")
+    return _map_from_json(value, text, where=f"file {reader.name(path_text)}: ")
 
 
 def _syntax_error(value: str, problem: str, *, expected: bool = True) -> DeviceMapSyntaxError:
-    return DeviceMapSyntaxError(f"--device-map {value!r}: {problem}" + (f"; {EXPECTED}" if expected else ""))
+    shown = value if len(value) <= 1000 else f"{value[:100]}… ({len(value):,} characters)"
+    return DeviceMapSyntaxError(f"--device-map {shown!r}: {problem}" + (f"; {EXPECTED}" if expected else ""))
 
 
 def _read_map_file(value: str, path_text: str) -> dict[str, str | int]:
     if not path_text:
         raise _syntax_error(value, "no file after '@'")
-    path = Path(path_text)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise _syntax_error(value, f"file {path_text} not found") from None
-    except UnicodeDecodeError as exc:
-        raise _syntax_error(value, f"file {path_text} is not UTF-8 text ({exc.reason})") from None
-    except OSError as exc:
-        raise _syntax_error(value, f"cannot read file {path_text} ({exc.strerror or exc})") from None
-    return _map_from_json(value, text, where=f"file {path_text}: ")
+        text = reader.read_text(path_text)  # a regular file only: a FIFO or /dev/zero is refused, never read
+    except reader.InputError as exc:
+        raise _syntax_error(value, f"file {exc}", expected=False) from None
+    return _map_from_json(value, text, where=f"file {reader.name(path_text)}: ")
 
 
 def _unbalanced(text: str) -> bool:
@@ -150,7 +148,7 @@ def _unbalanced(text: str) -> bool:
 
 
 def _map_from_json(value: str, text: str, *, where: str) -> dict[str, str | int]:
-    """The dict json.loads gives, kept as written; only objects of ints and strings pass."""
+    """The dict json.loads gives, kept as written; only objects of ints and strings pass, at most MAX_KEYS."""
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -160,10 +158,18 @@ def _map_from_json(value: str, text: str, *, where: str) -> dict[str, str | int]
             raise _syntax_error(value, f"{problem}; if it is the first line of a map file, {_SPLIT_FILE}",
                                 expected=False) from None  # fmt: skip
         raise _syntax_error(value, problem) from None
+    except RecursionError:
+        raise _syntax_error(value, f"{where}nested deeper than {reader.MAX_DEPTH} levels", expected=False) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise _syntax_error(value, f"{where}not usable JSON ({' '.join(str(exc).split())})") from None
     if not isinstance(loaded, dict):
         raise _syntax_error(value, f"{where}a JSON {type(loaded).__name__}, not an object of module names")
+    if len(loaded) > MAX_KEYS:
+        raise _syntax_error(value, f"{where}{len(loaded):,} modules, more than the {MAX_KEYS:,} diag reads",
+                            expected=False)  # fmt: skip
     bad = [key for key, entry in loaded.items() if isinstance(entry, bool) or not isinstance(entry, int | str)]
     if bad:
-        shown = ", ".join(f"{key!r}: {json.dumps(loaded[key])}" for key in bad)
-        raise _syntax_error(value, f'{where}{shown} must be a GPU number or a device name like "cpu" or "cuda:1"')
+        shown = ", ".join(f"{key!r}: {reader.describe(loaded[key])}" for key in bad[:3])
+        more = f" (and {len(bad) - 3:,} more)" if len(bad) > 3 else ""
+        raise _syntax_error(value, f'{where}{shown}{more} must be a GPU number or a device name like "cpu" or "cuda:1"')
     return loaded

@@ -8,12 +8,21 @@ A variable that is present but malformed raises ``LaunchEnvError``: the launcher
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 DEFAULT_MASTER_PORT = 29500  # torchrun's default, also what Slurm recipes export
+# ASCII digits only: str.isdigit() is also true for "²" or "٣", which int() refuses or reads differently.
+_WHOLE = re.compile(r"[0-9]{1,18}")
+
+
+def _whole(raw: str) -> int | None:
+    """A launcher variable's whole number (surrounding spaces allowed), or None when it is not one."""
+    text = raw.strip()
+    return int(text) if _WHOLE.fullmatch(text) else None
 
 
 class LaunchEnvError(ValueError):
@@ -47,9 +56,10 @@ def _int(env: Mapping[str, str], name: str, *, minimum: int = 0) -> int | None:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return None
-    if not raw.strip().isdigit() or int(raw) < minimum:
+    value = _whole(raw)
+    if value is None or value < minimum:
         raise LaunchEnvError(f"{name}={raw!r}: expected a whole number >= {minimum}")
-    return int(raw)
+    return value
 
 
 def _port(env: Mapping[str, str]) -> int:
@@ -117,7 +127,7 @@ def from_slurm(env: Mapping[str, str]) -> RankInfo | None:
             'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
         )
     tasks_per_node = env.get("SLURM_TASKS_PER_NODE", "")
-    local_world_size = int(tasks_per_node) if tasks_per_node.isdigit() else None  # "2(x3)" and "3,2" vary per node
+    local_world_size = _whole(tasks_per_node) if tasks_per_node else None  # "2(x3)" and "3,2" vary per node
     return _checked(
         RankInfo(
             launcher="slurm",
@@ -151,7 +161,7 @@ def launched_rank(env: Mapping[str, str]) -> int | None:
     Lenient on purpose (a malformed variable is the collective check's finding, not a reason to lose the report).
     """
     for rank_name, size_name in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        rank, size = env.get(rank_name, ""), env.get(size_name, "")
-        if rank.isdigit() and size.isdigit() and int(size) > 1:
-            return int(rank)
+        rank, size = _whole(env.get(rank_name, "")), _whole(env.get(size_name, ""))
+        if rank is not None and size is not None and size > 1:
+            return rank
     return None

@@ -9,7 +9,6 @@ The command itself (its argv) is started unchanged, with os.execvpe, so it repla
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shlex
 import subprocess
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from diag.launch.commands import LMMS_EVAL, VLMEVALKIT, CommandError, EvalCommand, recognise, vlmevalkit_checkpoint
 from diag.launch.findeval import find_eval
+from diag.reader import load_json
 from diag.redact import redact_text, redacted_shell_command, remember, secrets_of
 from diag.summary import NEXT_STEP
 
@@ -281,8 +281,8 @@ def _read_report(path: Path, since: float) -> dict[str, Any] | None:
     try:
         if path.stat().st_mtime < since:
             return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = load_json(path)  # a regular file only (the reader): never blocks on a FIFO
+    except (OSError, ValueError):  # InputError is a ValueError
         return None
     return data if isinstance(data, dict) else None
 
@@ -358,6 +358,9 @@ def main(argv: Sequence[str]) -> int:
         _say(f"error: put the eval command after `--`: {USAGE} (python -m diag run --help)")
         return USAGE_ERROR
     diag_args, command = args[:split], args[split + 1 :]
+    if command and not command[0].strip():  # `-- ''`: no program to check or start
+        _say(f"error: the command after `--` starts with an empty word ({shlex.join(command[:1])}): {USAGE}")
+        return USAGE_ERROR
     remember(secrets_of(diag_args, os.environ, command))
     dry_run, start_anyway = "--dry-run" in diag_args, "--start-anyway" in diag_args
     check_only = "--check-only" in diag_args

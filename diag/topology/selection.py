@@ -60,7 +60,7 @@ def _match_uuid(node: Node, token: str) -> tuple[int, str] | None:
 
 
 def _resolve_token(node: Node, token: str, numbering: Sequence[Gpu]) -> SelectedGpu:
-    if token.isdigit():
+    if token.isascii() and token.isdigit():  # "²".isdigit() is true and int("²") raises: a token naming no GPU
         position = int(token)
         if position < len(numbering):
             gpu = numbering[position]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
+from diag import reader
 from diag.twins.hubcache import cached_config, hub_cache_dir
 from diag.twins.presets import PRESET_TABLE
 
@@ -94,9 +94,9 @@ def resolve_model(name_or_path: str) -> ModelSpec:
     path = Path(key).expanduser()
     if path.is_dir():
         path = path / "config.json"
-        if not path.is_file():
+        if not path.exists():
             raise UnknownModel(f"--model {name_or_path}: the folder has no config.json ({_supported()})")
-    if path.is_file():
+    if path.exists():  # a FIFO or a device is refused by the reader, never read
         return _from_file(name_or_path, path)
     spec = model_for_checkpoint(key)
     if spec is not None:
@@ -114,7 +114,7 @@ def model_for_checkpoint(pretrained: str, env: Mapping[str, str] | None = None) 
     own config is there but of a family diag cannot build."""
     key = pretrained.strip()
     folder = Path(key).expanduser()
-    if key and folder.is_dir() and (folder / "config.json").is_file():
+    if key and folder.is_dir() and (folder / "config.json").exists():
         return _from_file(key, folder / "config.json")
     cached = cached_config(key, env)
     if cached is not None:
@@ -122,16 +122,46 @@ def model_for_checkpoint(pretrained: str, env: Mapping[str, str] | None = None) 
     return preset_for_checkpoint(key)
 
 
+MAX_LAYERS = 10_000  # layers in any one stack of a config; the largest published models have under 200
+_LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layer", "n_layers", "num_decoder_layers", "num_encoder_layers",
+               "depth", "encoder_layers", "decoder_layers")  # fmt: skip
+# Keys whose value, when given, transformers and diag read as an object (a sub-config).
+_OBJECT_KEYS = ("rope_scaling", "quantization_config")
+
+
+def check_config(config: Any, where: str) -> dict[str, Any]:
+    """The config object, checked where diag and transformers would trip: every sub-config (`text_config`,
+    `vision_config`, `llm_config`, any `*_config`) an object, `architectures` a string or a list of strings, and
+    layer counts whole numbers of at most MAX_LAYERS in every sub-config. Raises reader.InputError naming the
+    field."""
+    if not isinstance(config, dict):
+        raise reader.InputError(f"{where}: holds a JSON {type(config).__name__}, not a config object")
+    stack: list[tuple[tuple[str | int, ...], dict[str, Any]]] = [((), config)]
+    while stack:
+        path, sub = stack.pop()
+        for key, value in sub.items():
+            at = (*path, key)
+            if (key.endswith("_config") or key in _OBJECT_KEYS) and value is not None:
+                if not isinstance(value, dict):
+                    raise reader.fail(where, at, "an object (a sub-config) or null", value)
+                stack.append((at, value))
+            elif key == "architectures" and value is not None:
+                names = [value] if isinstance(value, str) else value
+                if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                    raise reader.fail(where, at, "a list of class names", value)
+            elif key in _LAYER_KEYS and value is not None and not isinstance(value, list | dict | str):
+                reader.whole(where, at, value, f"a whole number of layers, 0 to {MAX_LAYERS:,}", low=0,
+                             high=MAX_LAYERS)  # fmt: skip
+    return config
+
+
 def _from_file(name: str, path: Path) -> ModelSpec:
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UnknownModel(f"--model {name}: {path} is not a readable JSON config ({reason})") from None
-    if not isinstance(config, dict):
-        raise UnknownModel(f"--model {name}: {path} holds {type(config).__name__}, not a config object")
+        config = check_config(reader.load_json(path), reader.name(path))
+    except reader.InputError as exc:
+        raise UnknownModel(f"--model {name}: {exc}") from None
     if "mm_vision_tower" in config:
-        config = _from_llava_repo(name, config)
+        config = _from_llava_repo(name, config)  # a flat LM config: its layer count was checked above
     family = family_of(config)
     if family is None:
         raise UnknownModel(
