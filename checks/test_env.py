@@ -6,7 +6,7 @@ import pytest
 
 from diag.checking import Check
 from diag.envfacts import busy_reasons, compare_view, describe_gpu, is_mixed, parse_cuda_version
-from diag.roots import busy_finding, command_with_env, recheck_command
+from diag.roots import busy_finding, command_with_env, env_fix_commands, recheck_command
 from diag.session import state_of
 from diag.topology.records import Gpu, Node, Selection, Topology
 from diag.topology.selection import PCI_BUS_ID, uuid_matches
@@ -89,7 +89,14 @@ def test_torch_is_a_cuda_build_the_driver_supports(gpu_node: Node, diag_topology
         )
 
 
-def test_torch_sees_exactly_the_selected_gpus(gpu_node: Node, diag_topology: Topology, check: Check) -> None:
+def _env_commands(request: pytest.FixtureRequest, env: dict[str, str]) -> list[str]:
+    eval_command = state_of(request.config).options.eval_command
+    return env_fix_commands(eval_command, request.config.invocation_params.args, env)
+
+
+def test_torch_sees_exactly_the_selected_gpus(
+    gpu_node: Node, diag_topology: Topology, check: Check, request: pytest.FixtureRequest
+) -> None:
     cuda = diag_topology.cuda
     # A replay whose capture does not record torch still shows which GPUs a CUDA torch would see.
     if cuda.torch_cuda is None and (gpu_node.source != "file" or gpu_node.torch_recorded):
@@ -111,7 +118,7 @@ def test_torch_sees_exactly_the_selected_gpus(gpu_node: Node, diag_topology: Top
         check.fail("ENV-005", message + f": CUDA_DEVICE_ORDER is {selection.cuda_device_order}, so CUDA reads "
                    "these indices in its fastest-first order, not nvidia-smi's.",
                    f"Start the eval with CUDA_DEVICE_ORDER={PCI_BUS_ID} CUDA_VISIBLE_DEVICES={wanted}.",
-                   env=env, commands=[f"export CUDA_DEVICE_ORDER={PCI_BUS_ID}"])  # fmt: skip
+                   env=env, commands=_env_commands(request, env))  # fmt: skip
     check.fail(
         "ENV-003",
         message + ".",
@@ -119,10 +126,13 @@ def test_torch_sees_exactly_the_selected_gpus(gpu_node: Node, diag_topology: Top
         "set before the process starts.",
         subject=", ".join(f"GPU {g.nvml_index}" for g in mismatch.unseen) or None,
         env=env,
+        commands=_env_commands(request, env),
     )
 
 
-def test_cuda_numbering_agrees_with_nvidia_smi(gpu_node: Node, diag_topology: Topology, check: Check) -> None:
+def test_cuda_numbering_agrees_with_nvidia_smi(
+    gpu_node: Node, diag_topology: Topology, check: Check, request: pytest.FixtureRequest
+) -> None:
     order = diag_topology.selection.cuda_device_order
     mismatch = compare_view(diag_topology)
     if mismatch.order:
@@ -133,7 +143,7 @@ def test_cuda_numbering_agrees_with_nvidia_smi(gpu_node: Node, diag_topology: To
             f"CUDA_DEVICE_ORDER is {order}, so CUDA numbers the fastest GPU first "
             f"({len(mismatch.order)} ordinals differ from nvidia-smi's order).",
             env={"CUDA_DEVICE_ORDER": PCI_BUS_ID},
-            commands=[f"export CUDA_DEVICE_ORDER={PCI_BUS_ID}"],
+            commands=_env_commands(request, {"CUDA_DEVICE_ORDER": PCI_BUS_ID}),
         )
     if is_mixed(gpu_node) and order != PCI_BUS_ID:
         check.warn(

@@ -22,7 +22,7 @@ from diag.layout import (
     vlmevalkit_layout,
 )
 from diag.options import DiagOptions
-from diag.roots import model_args_without, recheck_command
+from diag.roots import eval_command_with_processes, model_args_without, recheck_command
 from diag.session import state_of
 from diag.topology.records import Topology
 
@@ -54,7 +54,9 @@ def _gpus(count: int) -> str:
     return f"{count} GPU" + ("" if count == 1 else "s")
 
 
-def test_processes_do_not_outnumber_the_visible_gpus(launch: Launch, diag_topology: Topology, check: Check) -> None:
+def test_processes_do_not_outnumber_the_visible_gpus(
+    launch: Launch, diag_topology: Topology, check: Check, request: pytest.FixtureRequest
+) -> None:
     count, visible = launch.processes.count, len(diag_topology.cuda.devices)
     check.record("launch", {"kit": launch.kit, "processes": count, "processes_from": launch.processes.origin,
                             "local_rank": launch.local_rank, "visible_gpus": visible,
@@ -69,10 +71,14 @@ def test_processes_do_not_outnumber_the_visible_gpus(launch: Launch, diag_topolo
     else:
         beyond = span("cuda:", visible, count)  # a range past a few: 10^9 processes must not build 10^9 names
         why = f"the processes of local rank {visible} and up take {beyond}: CUDA error: invalid device ordinal"
+    # To paste: the eval command with its launcher's process count corrected, else this run checked again so.
+    corrected = eval_command_with_processes(launch.options.eval_command or (), visible)
+    commands = [corrected] if corrected else [
+        recheck_command(request.config.invocation_params.args, {"--processes": str(visible)})]  # fmt: skip
     check.fail("LAYOUT-001", f"{where}: {why}",
                f"Launch at most {visible} processes on this node (`torchrun --nproc-per-node {visible}`, "
                f"`accelerate launch --num_processes {visible}`), or select {count} GPUs.",
-               subject="processes", commands=[f"--nproc-per-node {visible}", f"--num_processes {visible}"])  # fmt: skip
+               subject="processes", commands=commands)  # fmt: skip
 
 
 def _named_model(request: pytest.FixtureRequest) -> MapCase | None:

@@ -174,6 +174,37 @@ def recheck_command(args: Sequence[str], changes: Mapping[str, str | None], env:
     return shlex.join([*settings, "pytest", *with_options(args, changes)])
 
 
+def env_fix_commands(
+    eval_command: Sequence[str] | None, pytest_args: Sequence[str], env: Mapping[str, str]
+) -> list[str]:
+    """A fix that is an environment change, to paste: the eval command with `env` in front of it when the run knows
+    it (--eval-command, which the wrapper passes), else this run's own pytest command with it, to check again."""
+    if eval_command is not None:
+        return [command_with_env(eval_command, env)]
+    return [recheck_command(pytest_args, {}, env)]
+
+
+# The launchers' options for the processes per node: torchrun's (both spellings) and accelerate launch's.
+_PROCESS_OPTIONS = ("--nproc-per-node", "--nproc_per_node", "--num_processes", "--num-processes")
+
+
+def eval_command_with_processes(command: Sequence[str], count: int) -> str | None:
+    """The eval command with its launcher's process count set to `count`; None if it names no such option."""
+    parts = list(command)
+    for index, token in enumerate(parts):
+        name, equals, _ = token.partition("=")
+        if name not in _PROCESS_OPTIONS:
+            continue
+        if equals:
+            parts[index] = f"{name}={count}"
+        elif index + 1 < len(parts):
+            parts[index + 1] = str(count)
+        else:
+            return None
+        return shlex.join(parts)
+    return None
+
+
 def model_args_without(model_args: str, key: str) -> str:
     """An lmms-eval --model_args string with one key removed (split on top-level commas as lmms-eval does)."""
     from diag.devicemap.model_args import _split_top_level

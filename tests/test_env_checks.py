@@ -132,6 +132,13 @@ def test_on_a_mixed_node_cuda_order_differs_unless_pci_bus_id(run_checks, monkey
     entry = run.check("test_torch_sees_exactly_the_selected_gpus")
     assert entry["outcome"] == "failed" and entry["code"] == "ENV-005"
     assert entry["fix"]["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    # To paste: this run again with the variables set (no eval command was given).
+    assert entry["fix"]["commands"][0].startswith("CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=0,1 pytest ")
+    # With --eval-command, that command with the variables set in front of it.
+    eval_run = run_checks("--simulate", "2xV100-32GB+2xA100-80GB", "--eval-command",
+                          "CUDA_VISIBLE_DEVICES=0,1 python -m lmms_eval --model llava_hf")  # fmt: skip
+    assert eval_run.check("test_torch_sees_exactly_the_selected_gpus")["fix"]["commands"] == [
+        "CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=0,1 python -m lmms_eval --model llava_hf"]  # fmt: skip
     # With --gpus diag sets PCI_BUS_ID itself: the same GPUs pass.
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert run_checks("--simulate", "2xV100-32GB+2xA100-80GB", "--gpus", "0,1").report["summary"]["failed"] == 0

@@ -76,6 +76,32 @@ def test_more_processes_than_gpus_fail(run_checks, kit, words):
     entry = _entry(run, "test_processes_do_not_outnumber_the_visible_gpus", "failed")
     assert entry["code"] == "LAYOUT-001" and words in entry["message"]
     assert "--nproc-per-node 2" in entry["fix"]["summary"]
+    recheck = entry["fix"]["commands"][0]
+    assert "--processes 2" in recheck and "--processes 4" not in recheck and "--gpus 4,5" in recheck
+
+
+def test_more_processes_than_gpus_gives_the_eval_command_corrected(run_checks):
+    command = "torchrun --nproc-per-node=4 run.py --data MME --model InternVL2-8B"
+    run = run_checks("--simulate", "8xA100-80GB", "--gpus", "4,5", "--processes", "4", "--eval-kit", "vlmevalkit",
+                     "--eval-command", command)  # fmt: skip
+    entry = _entry(run, "test_processes_do_not_outnumber_the_visible_gpus", "failed")
+    assert entry["fix"]["commands"] == ["torchrun --nproc-per-node=2 run.py --data MME --model InternVL2-8B"]
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("torchrun --nproc-per-node 8 run.py", "torchrun --nproc-per-node 2 run.py"),
+        ("torchrun --nproc_per_node=8 run.py", "torchrun --nproc_per_node=2 run.py"),
+        ("accelerate launch --num_processes 8 -m lmms_eval", "accelerate launch --num_processes 2 -m lmms_eval"),
+        ("python -m lmms_eval --model llava", None),
+        ("torchrun run.py --nproc-per-node", None),
+    ],
+)
+def test_the_launchers_process_count_is_rewritten_in_place(command, expected):
+    from diag.roots import eval_command_with_processes
+
+    assert eval_command_with_processes(command.split(), 2) == expected
 
 
 # -- VLMEvalKit slices -------------------------------------------------------------------------------------------
