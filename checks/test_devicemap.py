@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,8 @@ def test_model_args_parse_like_lmms_eval(diag_topology: Topology, check: Check, 
         check.fail("MAP-009", f"lmms-eval would stop before loading the model: --model-args {shown!r}: lmms-eval "
                    f"stops at {item!r} with {exc.upstream_error}", subject="--model-args")  # fmt: skip
     check.record("model_args", redact_data({k: repr(v) for k, v in parsed.items()}))
+    if "batch_size" in parsed:  # lmms-eval passes its own --batch_size beside these items: a TypeError in any class
+        _batch_size_twice(check, request, text, str(parsed["batch_size"]))
     try:
         legacy = parse_model_args_legacy(text)
     except ModelArgsError:
@@ -66,6 +69,23 @@ def test_model_args_parse_like_lmms_eval(diag_topology: Topology, check: Check, 
         spaced = sorted(k for k in legacy if k not in parsed)
         check.warn("MAP-009", f"lmms-eval before PR #915 keeps the space in {spaced} and rejects the key "
                    "(`Unexpected kwargs`)", "Remove the spaces after the commas in --model_args.")  # fmt: skip
+
+
+def _batch_size_twice(check: Check, request: pytest.FixtureRequest, text: str, value: str) -> None:
+    from diag.redact import redacted_model_args
+    from diag.roots import model_args_without, with_options
+
+    options = state_of(request.config).options
+    cls = f"lmms-eval's {options.eval_model!r} class" if options.eval_model else "every lmms-eval model class"
+    rest = model_args_without(text, "batch_size")
+    commands = []
+    if options.eval_command is not None:
+        commands.append(shlex.join(with_options(options.eval_command, {"--model_args": rest, "--batch_size": value})))
+    check.fail("MAP-010", f"--model-args {redacted_model_args(text)!r} sets batch_size={value}: lmms-eval passes its "
+               f"own --batch_size too, so {cls} raises TypeError: got multiple values for keyword argument "
+               "'batch_size' before the model loads",
+               f"Remove batch_size from --model_args and pass --batch_size {value} to lmms-eval.",
+               subject="--model-args", commands=commands)  # fmt: skip
 
 
 def test_device_map_is_accepted_by_transformers(

@@ -221,6 +221,16 @@ _CATALOG: tuple[FixCode, ...] = (
         ),
     ),
     FixCode(
+        "MAP-010",
+        "`batch_size` inside lmms-eval's --model_args",
+        "lmms-eval builds the model class with `create_from_arg_string`, which passes `batch_size` from its own "
+        "`--batch_size` option (default 1) beside the --model_args items, so `batch_size=` in --model_args raises "
+        "`TypeError: ... got multiple values for keyword argument 'batch_size'` in every model class, before the "
+        "model loads.",
+        "Remove batch_size from --model_args and give it as lmms-eval's own option, `--batch_size N`.",
+        ("https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/api/model.py",),
+    ),
+    FixCode(
         "SPLIT-001",
         "AUTO_SPLIT builds a map for GPUs this process cannot see",
         "VLMEvalKit's InternVL split (AUTO_SPLIT=1) between Dec 9 and Dec 30 2024 assumed 8 GPUs starting at 0: "

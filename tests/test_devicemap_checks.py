@@ -192,3 +192,16 @@ def test_auto_split_with_two_processes_gives_each_its_own_slice(run_checks, monk
     entry = run.check("test_auto_split_uses_only_visible_gpus[internvl2-76b-auto-split]")
     assert entry["outcome"] == "passed", run.text
     assert entry["data"]["auto_split"]["gpus_used"] == [4, 5, 6, 7]  # rank 1 of 2 on 8 GPUs
+
+
+def test_batch_size_in_model_args_fails_before_launch_naming_the_class(run_checks):
+    """lmms-eval passes --batch_size itself: batch_size= in --model_args is a TypeError in every class (MAP-010)."""
+    pretrained = "pretrained=llava-hf/llava-1.5-7b-hf"
+    command = f"python -m lmms_eval --model llava_hf --model_args {pretrained},batch_size=8 --tasks mme"
+    run = run_checks("--simulate", "2xA100-80GB", "--model-args", f"{pretrained},batch_size=8", "--eval-model",
+                     "llava_hf", "--eval-command", command, target="checks/test_devicemap.py")  # fmt: skip
+    entry = run.check("test_model_args_parse_like_lmms_eval")
+    assert (entry["outcome"], entry["code"]) == ("failed", "MAP-010")
+    assert "'llava_hf' class raises TypeError: got multiple values for keyword argument" in entry["message"]
+    fixed = f"python -m lmms_eval --model llava_hf --model_args {pretrained} --tasks mme --batch_size 8"
+    assert entry["fix"]["commands"] == [fixed]
