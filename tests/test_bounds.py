@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -86,12 +86,20 @@ def test_a_billion_processes_fail_layout_001_with_a_range_not_a_list(checks_modu
     launch = Launch(options, ProcessCount(BILLION, "--processes"), None)
     props: list[tuple[str, object]] = []
     with pytest.raises(CheckFailed) as failed:
-        test_processes_do_not_outnumber_the_visible_gpus(launch, _topology(simulated_node("8xA100-80GB")), Check(props))
+        test_processes_do_not_outnumber_the_visible_gpus(
+            launch, _topology(simulated_node("8xA100-80GB")), Check(props), _request("--processes", str(BILLION))
+        )
     payload = failed.value.payload
     assert payload["code"] == "LAYOUT-001"
     assert "take cuda:8-cuda:999999999 (999999992 in all): CUDA error: invalid device ordinal" in payload["message"]
     assert len(payload["message"]) < 300
     assert _properties(props)["launch"]["processes"] == BILLION
+    assert payload["fix"]["commands"] == ["pytest --processes 8"]  # the re-check with as many processes as GPUs
+
+
+def _request(*args: str) -> Any:
+    """The one thing the check reads from pytest's request: this run's command line."""
+    return SimpleNamespace(config=SimpleNamespace(invocation_params=SimpleNamespace(args=args)))
 
 
 def test_vlmevalkit_with_no_gpu_list_and_a_billion_processes_is_one_slice():
