@@ -33,20 +33,15 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def _kind(mode: int) -> str | None:
-    """What a non-regular file is, in words; None for a regular file."""
+def file_kind(mode: int) -> str | None:
+    """What a non-regular file is, in words (from `stat`, or `lstat` for a link); None for a regular file."""
     if stat.S_ISREG(mode):
         return None
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return name
     return "not a regular file"
 
 
@@ -69,7 +64,7 @@ def read_bytes(path: str | os.PathLike[str], *, limit: int = MAX_BYTES) -> bytes
         raise InputError(f"{where}: no such file") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         raise InputError(f"{where}: cannot read it ({_one_line(getattr(exc, 'strerror', None) or exc)})") from None
-    kind = _kind(mode)
+    kind = file_kind(mode)
     if kind:
         raise InputError(f"{where}: is {kind}, not a regular file; diag reads only regular files")
     try:
@@ -78,7 +73,7 @@ def read_bytes(path: str | os.PathLike[str], *, limit: int = MAX_BYTES) -> bytes
         raise InputError(f"{where}: cannot read it ({_one_line(exc.strerror or exc)})") from None
     try:
         info = os.fstat(fd)  # what was opened, not what was stat'ed: the name may have been swapped in between
-        kind = _kind(info.st_mode)
+        kind = file_kind(info.st_mode)
         if kind:
             raise InputError(f"{where}: is {kind}, not a regular file; diag reads only regular files")
         if info.st_size > limit:

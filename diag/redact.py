@@ -56,6 +56,12 @@ _BARE_USER = re.compile(r"(?P<pre>^|[\s=,'\"(])(?P<value>[^\s/@:=,'\"]+:[^\s/@]+
 
 _ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)", re.DOTALL)
 
+
+def is_assignment(word: str) -> bool:
+    """A shell word `NAME=value` that sets a variable when it comes before the program."""
+    return _ASSIGNMENT.fullmatch(word) is not None
+
+
 _known: frozenset[str] = frozenset()
 
 

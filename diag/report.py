@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from diag import redact
+from diag.reader import file_kind
 from diag.redact import (  # noqa: F401  (the names callers import from here)
     EVAL_COMMAND_OPTION,
     REDACTED,
@@ -248,17 +249,9 @@ def refuse_unless_regular(path: str | os.PathLike[str]) -> None:
         return
     if not stat.S_ISREG(mode):
         raise ReportTargetError(
-            f"{path} is {_kind(mode)}, not a regular file: diag writes its report only to a regular file (or a new one)"
+            f"{path} is {file_kind(mode)}, not a regular file: diag writes its report only to a regular file "
+            "(or a new one)"
         )
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):  # fmt: skip
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 TEMP_NAME = r"\.{name}\.[0-9a-f]{{12}}\.tmp"  # what _new_temp_file names a temporary file beside the report

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from diag.envfacts import busy_reasons, freest_gpus
+from diag.redact import is_assignment
 from diag.topology.records import CudaDevice, Gpu, SelectedGpu, Selection, Topology
 from diag.topology.selection import PCI_BUS_ID
 
@@ -119,24 +120,16 @@ def on_gpus_like(view: Topology, original: Topology, gpus: Sequence[int]) -> Top
 
 
 # -- commands a user can paste ----------------------------------------------------------------------------------
-_ENV_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
-
-
-def _is_assignment(token: str) -> bool:
-    name, eq, _ = token.partition("=")
-    return bool(eq) and bool(name) and not name[0].isdigit() and set(name) <= _ENV_NAME_CHARS
-
-
 def command_with_env(command: Sequence[str], env: Mapping[str, str]) -> str:
     """The eval command with `env` set in front of it; leading assignments of the same names are replaced."""
     parts = list(command)
     lead: list[str] = []
-    while parts and _is_assignment(parts[0]):
+    while parts and is_assignment(parts[0]):
         lead.append(parts.pop(0))
     kept = [t for t in lead if t.partition("=")[0] not in env]
     if parts[:1] == ["env"]:  # `env A=1 cmd`
         parts.pop(0)
-        while parts and _is_assignment(parts[0]):
+        while parts and is_assignment(parts[0]):
             token = parts.pop(0)
             if token.partition("=")[0] not in env:
                 kept.append(token)

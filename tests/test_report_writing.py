@@ -73,7 +73,9 @@ def test_a_fifo_as_diag_report_is_a_one_line_usage_error(pytester, fifo):
     pytester.makepyfile(test_one="def test_one():\n    pass\n")
     result = pytester.runpytest(*PLUGIN, "--simulate", "1xA100-80GB", "--diag-report", str(fifo))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "is a FIFO, not a regular file" in result.stderr.str() and "Traceback" not in result.stderr.str()
+    assert (
+        "is a FIFO (named pipe), not a regular file" in result.stderr.str() and "Traceback" not in result.stderr.str()
+    )
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
