@@ -43,7 +43,9 @@ def test_the_package_list_names_every_folder_of_diag() -> None:
     """pyproject lists the packages by hand (checks/ ships as diag.checks): a new subpackage must be added there."""
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     folders = {"diag", "diag.checks"} | {
-        "diag." + path.name for path in (REPO / "diag").iterdir() if path.is_dir() and path.name != "__pycache__"
+        "diag." + ".".join(path.relative_to(REPO / "diag").parts)
+        for path in (REPO / "diag").rglob("*")
+        if path.is_dir() and "__pycache__" not in path.parts
     }
     assert listed == folders
 
