@@ -32,7 +32,6 @@ from diag.twins.internvl import TwinTokenizer
 from diag.twins.presets import PUBLISHED_PARAMS
 
 TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
-NAMES = list(PRESETS)
 
 # Language-model decoder layers per preset (FACTS.md "InternVL2"; the published config.json files).
 LM_LAYERS = {
@@ -50,6 +49,8 @@ LM_LAYERS = {
     "internvl2-76b": 80,
     "cogvlm-17b": 32,
 }
+# The presets of 2024 this file covers; the 2025-26 families' presets are tested in their own files.
+NAMES = list(LM_LAYERS)
 INTERNVL_NO_SPLIT = {
     "InternVisionModel",
     "LlamaDecoderLayer",
@@ -62,12 +63,12 @@ INTERNVL_NO_SPLIT = {
 @pytest.fixture(scope="module")
 def meta_models() -> Iterator[dict[str, nn.Module]]:
     """Full-width meta twins, built once per module (they hold no storage)."""
-    yield {name: build_meta(spec) for name, spec in PRESETS.items()}
+    yield {name: build_meta(PRESETS[name]) for name in NAMES}
 
 
 @pytest.fixture(scope="module")
 def tiny_models() -> Iterator[dict[str, nn.Module]]:
-    yield {name: build_tiny(spec) for name, spec in PRESETS.items()}
+    yield {name: build_tiny(PRESETS[name]) for name in NAMES}
 
 
 def module_names(model: nn.Module) -> set[str]:
@@ -79,7 +80,8 @@ def module_names(model: nn.Module) -> set[str]:
 
 def test_every_family_has_a_preset() -> None:
     assert {spec.family for spec in PRESETS.values()} == set(FAMILIES)
-    assert set(LM_LAYERS) == set(PRESETS) == set(PUBLISHED_PARAMS)
+    assert set(LM_LAYERS) <= set(PRESETS)
+    assert set(PRESETS) == set(PUBLISHED_PARAMS)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -383,3 +383,23 @@ PUBLISHED_PARAMS: dict[str, float] = {
     "internvl2-76b": 76.3e9,  # OpenGVLab/InternVL2-Llama3-76B: 76.3B
     "cogvlm-17b": 17.6e9,  # CogVLM-17B: "10 billion vision parameters and 7 billion language parameters"
 }
+
+
+# The presets of the 2025-26 families live beside this module, one module per group, each with its own
+# PRESET_TABLE and PUBLISHED_PARAMS in the form above; they are merged here.
+_GROUPS: tuple[str, ...] = ()
+
+
+def _merge_groups() -> None:
+    import importlib
+
+    for group in _GROUPS:
+        module = importlib.import_module(f"diag.twins.{group}")
+        for name in module.PRESET_TABLE:
+            if name in PRESET_TABLE:
+                raise ValueError(f"preset {name!r} defined twice (diag.twins.{group})")
+        PRESET_TABLE.update(module.PRESET_TABLE)
+        PUBLISHED_PARAMS.update(module.PUBLISHED_PARAMS)
+
+
+_merge_groups()
