@@ -1,8 +1,9 @@
 """The fix catalog: one stable code per cause, with the fix and the public threads it rests on.
 
-Codes are grouped by area (ENV, MAP, SPLIT, FWD, MEM, LAYOUT, DIST, DIAG) and never renumbered; docs/fix-codes.md
-is generated from this table (`python -m diag fix-codes`) and a test keeps the two in step. DIST (the collective
-check across ranks and nodes, and launcher timeouts) is the newest area.
+Codes are grouped by area (ENV, MAP, SPLIT, FWD, MEM, LAYOUT, DIST, DIAG, BACKEND) and never renumbered;
+docs/fix-codes.md is generated from this table (`python -m diag fix-codes`) and a test keeps the two in step. DIST
+(the collective check across ranks and nodes, and launcher timeouts) and BACKEND (the vLLM, SGLang and LMDeploy
+engines an eval starts: parallel sizes, heads, memory fraction, start method, device entries) are the newest areas.
 """
 
 from __future__ import annotations
@@ -547,6 +548,138 @@ _CATALOG: tuple[FixCode, ...] = (
         "Start the run with torchrun, `accelerate launch` or srun as docs/multi-node.md shows, which set these "
         "variables; under srun export MASTER_ADDR (the first node) and MASTER_PORT yourself.",
         ("https://pytorch.org/docs/stable/distributed.html#environment-variable-initialization",),
+    ),
+    FixCode(
+        "BACKEND-001",
+        "The launcher's processes do not match the engine's tensor x data parallel size",
+        "lmms-eval's vllm class under a launcher with more than one process runs vLLM with "
+        '`distributed_executor_backend="external_launcher"`: every process is one rank of the engine, and it '
+        "raises `ValueError: For external_launcher mode, accelerate world size must equal tensor_parallel_size * "
+        "data_parallel_size (N), but got M.` unless processes = tp x dp. vLLM's `LLM()` started by VLMEvalKit's "
+        "run.py under torchrun with several processes stops with `RuntimeError: world_size (8) is not equal to "
+        "tensor_model_parallel_size (1) x pipeline_model_parallel_size (1)`.",
+        "Launch exactly tensor_parallel_size x data_parallel_size processes (`accelerate launch --num_processes "
+        "TPxDP`), or one process (`python -m lmms_eval`) and let vLLM start its own workers; run VLMEvalKit with "
+        "--use-vllm as one process (`python run.py`), or serve the model and evaluate it as an API model.",
+        (
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/models/simple/vllm.py",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/pull/1236",
+            "https://github.com/open-compass/VLMEvalKit/issues/561",
+        ),
+    ),
+    FixCode(
+        "BACKEND-002",
+        "data_parallel_size above 1 in a single process",
+        "lmms-eval's vllm class runs data parallelism as separate processes of a launcher; with one process and "
+        "`data_parallel_size` above 1 it stops with `ValueError: vLLM data parallel requires torchrun/accelerate "
+        "multi-process launch`.",
+        "Start tp x dp processes under `accelerate launch --num_processes` (or torchrun), or drop "
+        "data_parallel_size from --model_args.",
+        ("https://github.com/EvolvingLMMs-Lab/lmms-eval/pull/1236",),
+    ),
+    FixCode(
+        "BACKEND-003",
+        "The engine needs more GPUs than the process sees",
+        "tensor_parallel_size x data_parallel_size GPUs are more than CUDA_VISIBLE_DEVICES shows the process: vLLM "
+        "stops with `CUDA error: invalid device ordinal` in a worker or `AssertionError: local_world_size must be "
+        "less than or equal to the number of visible devices`; SGLang and LMDeploy fail the same way. Also here: a "
+        "size the engine refuses (not a whole number).",
+        "Lower tensor_parallel_size (and data_parallel_size) to fit the visible GPUs, or select as many GPUs as "
+        "the engine needs.",
+        (
+            "https://github.com/vllm-project/vllm/issues/16456",
+            "https://github.com/vllm-project/vllm/issues/8984",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/issues/31",
+        ),
+    ),
+    FixCode(
+        "BACKEND-004",
+        "The tensor-parallel size does not divide the language model's attention heads",
+        "Tensor parallelism gives every rank the same number of attention heads. vLLM checks it at start-up: "
+        "`ValueError: Total number of attention heads (28) must be divisible by tensor parallel size (8).`; KV "
+        "heads must split evenly below tp or replicate evenly from tp up; LMDeploy's TurboMind asserts "
+        "`head_num % tensor_para_size == 0`. VLMEvalKit's --use-vllm picks tp 8/4/2/1 from the GPU count and its "
+        "LMDeploy path takes every visible GPU, so a 28-head model on 8 GPUs fails there too.",
+        "Use a tensor-parallel size that divides the heads (the fix lists them), and use the remaining GPUs for "
+        "data parallelism; for VLMEvalKit, select that many GPUs (CUDA_VISIBLE_DEVICES).",
+        (
+            "https://github.com/vllm-project/vllm/issues/414",
+            "https://github.com/vllm-project/vllm/issues/11797",
+            "https://github.com/vllm-project/vllm/blob/main/vllm/model_executor/layers/linear.py",
+            "https://github.com/InternLM/lmdeploy/blob/main/lmdeploy/turbomind/deploy/target_model/base.py",
+        ),
+    ),
+    FixCode(
+        "BACKEND-005",
+        "The tensor-parallel size does not divide the vision tower's attention heads",
+        "vLLM and SGLang shard the vision tower of Qwen2-VL-style models (16 heads) and CLIP (LLaVA) by head too: "
+        "a size that divides the language model can still stop with `AssertionError: 16 is not divisible by 3` "
+        "while the vision tower is built. vLLM PR #57119 (2026-09) lets Qwen's vision towers fall back to "
+        "replicated heads; earlier releases stop.",
+        "Use a tensor-parallel size that divides both the language model's and the vision tower's heads (1, 2, 4, "
+        "8 for Qwen2-VL), with data parallelism for the rest of the GPUs.",
+        (
+            "https://github.com/vllm-project/vllm/pull/57119",
+            "https://github.com/gpustack/gpustack/issues/4769",
+        ),
+    ),
+    FixCode(
+        "BACKEND-006",
+        "vLLM's memory fraction is more than a selected GPU has free",
+        "vLLM reserves gpu_memory_utilization x the GPU's total memory and checks at start-up that this much is "
+        "free: `ValueError: Free memory on device (7.34/139.72 GiB) on startup is less than desired GPU memory "
+        "utilization (0.9, 125.75 GiB). Decrease GPU memory utilization or reduce GPU memory used by other "
+        "processes.` Another job on one of the engine's GPUs fails it (lmms-eval's default is 0.8, VLMEvalKit's "
+        "and vLLM's 0.9).",
+        "Select free GPUs (the fix names them), or lower gpu_memory_utilization to what every engine GPU has free "
+        "(the fix computes it), or wait for the other job.",
+        (
+            "https://github.com/vllm-project/vllm/issues/20305",
+            "https://github.com/vllm-project/vllm/issues/23192",
+        ),
+    ),
+    FixCode(
+        "BACKEND-007",
+        "SGLang (or LMDeploy) meets a GPU another process uses",
+        "SGLang compares the free memory of its tensor-parallel GPUs at start-up and stops with `The memory "
+        "capacity is unbalanced. Some GPUs may be occupied by other processes.` when the least is below 0.9 of the "
+        "most; it sizes its KV pool as mem_fraction_static x total minus what is already used, and stops with "
+        "`Not enough memory. Please try to increase --mem-fraction-static` when nothing is left. LMDeploy sizes "
+        "its cache from the free memory (cache_max_entry_count), so another job shrinks it without failing.",
+        "Select GPUs that no other process uses (the fix names them), or wait for the other job.",
+        (
+            "https://github.com/sgl-project/sglang/issues/4233",
+            "https://github.com/sgl-project/sglang/issues/322",
+        ),
+    ),
+    FixCode(
+        "BACKEND-008",
+        "vLLM workers would be forked after CUDA is initialised",
+        "With tensor_parallel_size above 1 vLLM starts one worker process per rank; forked after the parent touched "
+        "CUDA they stop with `RuntimeError: Cannot re-initialize CUDA in forked subprocess. To use CUDA with "
+        "multiprocessing, you must use the 'spawn' start method`. lmms-eval's vllm class sets "
+        "VLLM_WORKER_MULTIPROC_METHOD=spawn itself; VLMEvalKit's --use-vllm only warns when it is not spawn.",
+        "`export VLLM_WORKER_MULTIPROC_METHOD=spawn` before the eval starts.",
+        (
+            "https://github.com/EleutherAI/lm-evaluation-harness/issues/2704",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/pull/728",
+            "https://docs.vllm.ai/en/latest/design/multiprocessing.html",
+        ),
+    ),
+    FixCode(
+        "BACKEND-009",
+        "CUDA_VISIBLE_DEVICES holds GPU-/MIG- UUIDs or MIG instances the engine cannot use",
+        "vLLM reads every CUDA_VISIBLE_DEVICES entry with int() and stops with `ValueError: invalid literal for "
+        "int() with base 10: 'MIG-…'` for a UUID entry (reported on v0.20.1; PR #46132 open). A process sees at "
+        "most one MIG instance, so tensor parallelism over MIG instances cannot start with any backend.",
+        "Select the GPUs by index with CUDA_DEVICE_ORDER=PCI_BUS_ID (the fix gives the indices), or run the "
+        "engine in a container that exposes the MIG instance as device 0, with tensor_parallel_size 1.",
+        (
+            "https://github.com/vllm-project/vllm/issues/41848",
+            "https://github.com/vllm-project/vllm/issues/6551",
+            "https://github.com/vllm-project/vllm/pull/46132",
+            "https://docs.nvidia.com/datacenter/tesla/mig-user-guide/",
+        ),
     ),
 )
 

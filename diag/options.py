@@ -96,6 +96,15 @@ def _eval_model(value: str) -> str:
     return value.strip()
 
 
+BACKEND_NAMES = ("vllm", "sglang", "lmdeploy")
+
+
+def _backend(value: str) -> str:
+    if value.strip().lower() not in BACKEND_NAMES:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected one of {', '.join(BACKEND_NAMES)}")
+    return value.strip().lower()
+
+
 def _eval_command(value: str) -> tuple[str, ...]:
     try:
         parts = shlex.split(value)
@@ -184,6 +193,16 @@ def add_options(parser: pytest.Parser) -> None:
         "fixes then give that command corrected, and the report records it",
     )
     group.addoption(
+        "--backend",
+        type=_backend,
+        default=None,
+        metavar="NAME",
+        help="the inference backend the eval starts (vllm, sglang, lmdeploy), for the backend checks: lmms-eval's "
+        "--model vllm/sglang implies it; with --eval-kit vlmevalkit, vllm is --use-vllm (TP 8/4/2/1 from the GPU "
+        "count) and lmdeploy its LMDeploy path (TP over every GPU); sizes and fractions come from --model-args "
+        "(tensor_parallel_size=, data_parallel_size=, gpu_memory_utilization=, tp_size=, mem_fraction_static=, tp=)",
+    )
+    group.addoption(
         "--diag-report",
         type=_report_path,
         default=None,
@@ -205,6 +224,7 @@ class DiagOptions:
     eval_kit: str | None = None
     eval_model: str | None = None
     eval_command: tuple[str, ...] | None = None
+    backend: str | None = None
 
     @property
     def kit(self) -> str | None:
@@ -231,6 +251,7 @@ def read_options(config: pytest.Config) -> DiagOptions:
         eval_kit=config.getoption("eval_kit"),
         eval_model=config.getoption("eval_model"),
         eval_command=config.getoption("eval_command"),
+        backend=config.getoption("backend"),
     )
     if options.simulate and options.topology:
         raise pytest.UsageError("--simulate and --topology both describe the node: give one of them")

@@ -15,6 +15,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diag.backends import BackendLaunch
 
 LMMS_EVAL = "lmms-eval"
 VLMEVALKIT = "vlmevalkit"
@@ -206,3 +210,116 @@ def recognise(command: Sequence[str], env: Mapping[str, str]) -> EvalCommand | N
 def vlmevalkit_checkpoint(name: str) -> str | None:
     """The checkpoint a VLMEvalKit model name loads, for the names diag has presets of."""
     return VLMEVALKIT_MODELS.get(name)
+
+
+# -- inference backends (vLLM, SGLang, LMDeploy) ----------------------------------------------------------------
+# Kept apart from the recognisers above: the launch of an engine, read from an lmms-eval / VLMEvalKit command that
+# starts one, or from a server command (`vllm serve`, `python -m sglang.launch_server`, `lmdeploy serve`).
+_SERVER_MODULES = {
+    "vllm.entrypoints.openai.api_server": "vllm",
+    "vllm.entrypoints.api_server": "vllm",
+    "sglang.launch_server": "sglang",
+}
+
+
+def _server_options(args: Sequence[str], what: str) -> argparse.Namespace:
+    """The sizes and fraction a server command gives; `_` in option names reads as `-` (vLLM accepts both)."""
+    parser = argparse.ArgumentParser(prog=what, add_help=False, allow_abbrev=False)
+    parser.add_argument("--model", "--model-path")
+    parser.add_argument("--tensor-parallel-size", "-tp", "--tp", "--tp-size", dest="tp")
+    parser.add_argument("--data-parallel-size", "-dp", "--dp", "--dp-size", dest="dp")
+    parser.add_argument("--gpu-memory-utilization", "--mem-fraction-static", "--cache-max-entry-count",
+                        dest="fraction")  # fmt: skip
+    normal = [a.replace("_", "-") if a.startswith("--") and "=" not in a else
+              a.partition("=")[0].replace("_", "-") + a.partition("=")[1] + a.partition("=")[2]
+              if a.startswith("--") else a for a in args]  # fmt: skip
+    return _parse(parser, normal, f"{what} options")
+
+
+def _server_launch(command: Sequence[str]) -> BackendLaunch | None:
+    """A `vllm serve` / `python -m vllm.entrypoints.openai.api_server` / `python -m sglang.launch_server` /
+    `lmdeploy serve api_server` command as a BackendLaunch; None for any other command."""
+    from diag.backends import FRACTION_NAME, VLLM_FRACTION, BackendArgsError, BackendLaunch, _fraction, _whole
+
+    name = PurePath(command[0]).name
+    model: str | None = None
+    if name == "vllm" and command[1:2] == ["serve"]:
+        backend, via, rest = "vllm", "vllm serve", list(command[2:])
+        if rest and not rest[0].startswith("-"):
+            model, rest = rest[0], rest[1:]
+    elif name == "lmdeploy" and command[1:3] == ["serve", "api_server"]:
+        backend, via, rest = "lmdeploy", "lmdeploy serve api_server", list(command[3:])
+        if rest and not rest[0].startswith("-"):
+            model, rest = rest[0], rest[1:]
+    elif re.fullmatch(r"python[0-9.]*", name) and "-m" in command[1:]:
+        index = list(command).index("-m", 1)
+        module = command[index + 1] if index + 1 < len(command) else ""
+        if module not in _SERVER_MODULES:
+            return None
+        backend, via, rest = _SERVER_MODULES[module], f"python -m {module}", list(command[index + 2 :])
+    else:
+        return None
+    ns = _server_options(rest, via)
+    model = ns.model or model
+    try:
+        default = VLLM_FRACTION if backend == "vllm" else None
+        launch = BackendLaunch(backend, via, None, model, "the command" if model else "", fraction=default,
+                               fraction_from=f"vLLM's default {default}" if default else "")  # fmt: skip
+        if ns.tp is not None:
+            launch = replace(launch, tp=_whole(ns.tp, "tensor parallel size"), tp_from=f"the command's {ns.tp}")
+        if ns.dp is not None:
+            launch = replace(launch, dp=_whole(ns.dp, "data parallel size"), dp_from=f"the command's {ns.dp}")
+        if ns.fraction is not None:
+            option = FRACTION_NAME[backend]
+            launch = replace(launch, fraction=_fraction(ns.fraction, option), fraction_from=f"--{option} "
+                             f"{ns.fraction}".replace("_", "-"))  # fmt: skip
+    except BackendArgsError as exc:
+        raise CommandError(f"{via}: {exc}") from None
+    return launch
+
+
+def _vlmevalkit_backend(command: Sequence[str], found: EvalCommand) -> str | None:
+    """`vllm` for run.py's --use-vllm (argparse abbreviations as run.py takes them), `lmdeploy` for
+    --use-lmdeploy; None when neither is given."""
+    names = [PurePath(t).name for t in command]
+    if "run.py" not in names:
+        return None
+    args = list(command[names.index("run.py") + 1 :])
+    parser = argparse.ArgumentParser(prog="run.py", add_help=False)  # run.py keeps argparse's abbreviations
+    parser.add_argument("--use-vllm", action="store_true")
+    parser.add_argument("--use-lmdeploy", action="store_true")
+    ns = _parse(parser, args, "VLMEvalKit run.py options")
+    return "vllm" if ns.use_vllm else "lmdeploy" if ns.use_lmdeploy else None
+
+
+def backend_launch(command: Sequence[str], env: Mapping[str, str]) -> BackendLaunch | None:
+    """The inference backend the command starts, or None when it starts none.
+
+    Raises CommandError when the command does not parse or gives a size the backend would refuse."""
+    from diag.backends import BackendArgsError, from_lmms_eval, from_vlmevalkit
+
+    if not command:
+        return None
+    server = _server_launch(command)
+    if server is not None:
+        return server
+    found = recognise(command, env)
+    if found is None or found.kit is None:
+        return None
+    if found.kit == LMMS_EVAL:
+        try:
+            launch = from_lmms_eval(found.eval_model, found.model_args)
+        except BackendArgsError as exc:
+            raise CommandError(f"lmms-eval --model_args: {exc}") from None
+    else:
+        backend = _vlmevalkit_backend(command, found)
+        if backend is None or found.eval_model is None:
+            return None
+        launch = from_vlmevalkit(found.eval_model, backend, vlmevalkit_checkpoint(found.eval_model) or found.eval_model)
+    if launch is None:
+        return None
+    launcher = found.shape.split(" -m ")[0].split(" run.py")[0] if found.processes is not None else None
+    if found.processes is not None:
+        launch = replace(launch, processes=found.processes, processes_from=found.processes_from or "",
+                         launcher=launcher)  # fmt: skip
+    return replace(launch, notes=(*launch.notes, *found.notes))
