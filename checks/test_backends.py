@@ -265,9 +265,10 @@ def test_tensor_parallel_divides_the_language_model_heads(
         else:
             rule = f"{_NAME[launch.backend]} stops with {VLLM_HEADS_ERROR.format(heads=heads.heads, tp=tp)[:-1]}"
         problem = f"{heads.heads} attention heads ({heads.where}) do not split over tp={tp}: {rule}"
-    elif launch.backend != LMDEPLOY and heads.kv_heads and (kv := kv_heads_problem(heads.kv_heads, tp)):
-        problem = (f"{kv} ({heads.where.replace('num_attention_heads', 'num_key_value_heads')}): {_NAME[launch.backend]} "
-                   "splits KV heads evenly below tp and replicates them evenly from tp up")  # fmt: skip
+    elif launch.backend != LMDEPLOY and heads.kv_heads and (kv_text := kv_heads_problem(heads.kv_heads, tp)):
+        where = heads.where.replace("num_attention_heads", "num_key_value_heads")
+        problem = (f"{kv_text} ({where}): {_NAME[launch.backend]} splits KV heads evenly below tp and replicates them "
+                   "evenly from tp up")  # fmt: skip
     if problem is None:
         return
     vision = vision_heads(config)
@@ -296,8 +297,9 @@ def test_tensor_parallel_divides_the_vision_tower_heads(engine: Engine, diag_top
         return
     lm = language_heads(spec.config)
     good = divisors_up_to(lm.heads if lm else vision.heads, visible, lm.kv_heads if lm else None, vision.heads)
+    name = _NAME[launch.backend]
     _fail_tp(engine, launch, check, "BACKEND-005", f"{launch.via}, {launch.tp_said(visible)}: the vision tower's "
-             f"{vision.heads} heads ({vision.where}) do not split over tp={tp}; {_NAME[launch.backend]} shards it by head "
+             f"{vision.heads} heads ({vision.where}) do not split over tp={tp}; {name} shards it by head "
              f"and stops with `AssertionError: {vision.heads} is not divisible by {tp}` (vLLM before PR #57119 lets "
              f"no Qwen vision tower fall back). The heads are from {said}", good, diag_topology)  # fmt: skip
 
@@ -320,8 +322,11 @@ def _fail_tp(
     else:
         command = _with_setting(engine, "tp", _tp_key(launch), str(best))
         commands += [command] if command else []
-        extra = (f"; data parallelism (data_parallel_size={dp}, with tp x dp launcher processes) can use the other "
-                 "GPUs") if dp > 1 and launch.backend == VLLM else ""  # fmt: skip
+        extra = ""
+        if dp > 1 and launch.kit == "lmms-eval" and launch.backend == VLLM:
+            extra = f"; data_parallel_size={dp} (with tp x dp launcher processes) can use the other GPUs"
+        elif dp > 1 and launch.kit is None and launch.backend in (VLLM, SGLANG):
+            extra = f"; --data-parallel-size {dp} can use the other GPUs"
         summary = (f"Use tensor_parallel_size={best} (sizes up to {visible} that divide the heads: "
                    f"{', '.join(map(str, good))}){extra}.")  # fmt: skip
     check.fail(code, message, summary, subject="tensor_parallel_size", commands=commands)

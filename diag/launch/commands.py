@@ -236,11 +236,14 @@ def _server_options(args: Sequence[str], what: str) -> argparse.Namespace:
     return _parse(parser, normal, f"{what} options")
 
 
-def _server_launch(command: Sequence[str]) -> BackendLaunch | None:
+def server_launch(command: Sequence[str]) -> BackendLaunch | None:
     """A `vllm serve` / `python -m vllm.entrypoints.openai.api_server` / `python -m sglang.launch_server` /
     `lmdeploy serve api_server` command as a BackendLaunch; None for any other command."""
     from diag.backends import FRACTION_NAME, VLLM_FRACTION, BackendArgsError, BackendLaunch, _fraction, _whole
 
+    command = list(command)  # a tuple from --eval-command compares unequal to the lists below
+    if not command:
+        return None
     name = PurePath(command[0]).name
     model: str | None = None
     if name == "vllm" and command[1:2] == ["serve"]:
@@ -298,9 +301,10 @@ def backend_launch(command: Sequence[str], env: Mapping[str, str]) -> BackendLau
     Raises CommandError when the command does not parse or gives a size the backend would refuse."""
     from diag.backends import BackendArgsError, from_lmms_eval, from_vlmevalkit
 
+    command = list(command)
     if not command:
         return None
-    server = _server_launch(command)
+    server = server_launch(command)
     if server is not None:
         return server
     found = recognise(command, env)

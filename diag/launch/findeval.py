@@ -30,11 +30,16 @@ _FIND_SPEC = (
 _INSTALL = {  # how to get the module the eval imports
     "lmms_eval": "pip install lmms-eval in that environment (or activate the environment lmms-eval is installed in)",
     "vlmeval": "run from the VLMEvalKit checkout and install it there: cd VLMEvalKit && pip install -e .",
+    "vllm": "pip install vllm in the eval's environment (the engine the command starts)",
+    "sglang": "pip install 'sglang[all]' in the eval's environment (the engine the command starts)",
+    "lmdeploy": "pip install lmdeploy in the eval's environment (the engine the command starts)",
 }
 _ON_PATH = {  # how to get an executable the command starts with
     "accelerate": "pip install accelerate in the eval's environment, or activate that environment",
     "torchrun": "activate the environment torch is installed in (torchrun comes with torch)",
     "lmms-eval": "pip install lmms-eval, or activate the environment it is installed in",
+    "vllm": "pip install vllm, or activate the environment it is installed in",
+    "lmdeploy": "pip install lmdeploy, or activate the environment it is installed in",
 }
 
 
@@ -92,9 +97,38 @@ def _find_module(module: str, interpreter: str, first: Sequence[str], env: Mappi
     return done.stdout.strip() or None
 
 
-def find_eval(command: Sequence[str], found: EvalCommand | None, env: Mapping[str, str], cwd: str) -> EvalFound:
-    """Whether the command's executable, and for lmms-eval/VLMEvalKit the eval's module and script, can be found
-    from `cwd` with the environment the command will start with."""
+def find_eval(
+    command: Sequence[str], found: EvalCommand | None, env: Mapping[str, str], cwd: str, backend: str | None = None
+) -> EvalFound:
+    """Whether the command's executable, for lmms-eval/VLMEvalKit the eval's module and script, and the inference
+    engine it starts (`backend`: vllm, sglang, lmdeploy) can be found from `cwd` with the environment the command
+    will start with."""
+    result = _find_eval(command, found, env, cwd)
+    if backend is not None and result.missing is None and command:
+        _find_backend(command, backend, env, cwd, result)
+    return result
+
+
+def _find_backend(command: Sequence[str], backend: str, env: Mapping[str, str], cwd: str, result: EvalFound) -> None:
+    """The engine's module, looked up by the interpreter that will import it (as for the eval's own module)."""
+    path = env.get("PATH", os.defpath)
+    executable = shutil.which(command[0], path=path) or command[0]
+    name = PurePath(command[0]).name
+    asked = executable if _PYTHON.fullmatch(name) else _shebang_interpreter(executable, path)
+    interpreter = asked or sys.executable
+    how = "" if asked else f" (diag's own: {executable} names no python on its first line)"
+    try:
+        origin = _find_module(backend, interpreter, [], env, cwd)
+    except OSError as exc:
+        result.lines.append(f"{backend}: not looked up: {interpreter} could not be asked ({exc})")
+        return
+    if origin is None:
+        result.missing = f"{backend} is not importable by {interpreter}{how}: {_INSTALL[backend]}"
+        return
+    result.lines.append(f"{backend}: {origin} (found by {interpreter}{how})")
+
+
+def _find_eval(command: Sequence[str], found: EvalCommand | None, env: Mapping[str, str], cwd: str) -> EvalFound:
     result = EvalFound()
     if not command:
         return result

@@ -29,9 +29,12 @@ from diag.summary import NEXT_STEP
 if TYPE_CHECKING:
     import pytest
 
+    from diag.backends import BackendLaunch
+
 USAGE = "python -m diag run [diag options] [--dry-run | --check-only] [--start-anyway] -- COMMAND"
 ENV_CHECKS = "test_env.py"
 LAYOUT_CHECKS = "test_layout.py"
+BACKEND_CHECKS = "test_backends.py"
 # Exit codes of the wrapper besides pytest's own (1 a check failed, 3 internal error, 4 pytest usage error).
 USAGE_ERROR = 2  # bad input: no `--`, an empty command, options that do not parse, a model without a preset
 NOT_THIS_NODE = 6  # the node checked was simulated or replayed, not this machine's, and --start-anyway not given
@@ -86,6 +89,7 @@ class RunPlan:
     not_derived: list[str] = field(default_factory=list)
     error: str | None = None  # bad input: the command is never started
     found: EvalCommand | None = None  # how diag read the command (None: not recognised, or it does not parse)
+    backend: str | None = None  # the inference engine the command starts (vllm, sglang, lmdeploy), if any
 
 
 def checks_dir() -> Path | None:
@@ -162,6 +166,9 @@ def plan_run(command: Sequence[str], diag_args: Sequence[str], env: Mapping[str,
     except CommandError as exc:
         return RunPlan(env_only, not_derived=["every check that needs the command"], error=str(exc))
     if found is None:
+        server = _server_plan(command, diag_args, env, checks)
+        if server is not None:
+            return server
         unknown = f"{shlex.join(command[:3])} …: not a command diag recognises (launch layout, device map, memory, "
         return RunPlan(env_only, not_derived=[unknown + "same-device)"])
     targets = [str(checks)] if found.kit else [*env_only, str(checks / LAYOUT_CHECKS)]
@@ -189,8 +196,69 @@ def plan_run(command: Sequence[str], diag_args: Sequence[str], env: Mapping[str,
         elif found.kit:
             plan.not_derived.append("the model: the command names none diag reads; the device-map checks plan "
                                     "diag's default models")  # fmt: skip
+    _backend_plan(plan, command, diag_args, env, checks)
     _environment_notes(plan, env, found)
     return plan
+
+
+# -- inference backends (vLLM, SGLang, LMDeploy) -------------------------------------------------------------------
+_ENGINE_LOADS = ("the device-map, memory and same-device checks: the engine loads the model itself (tensor "
+                 "parallel), not through from_pretrained's device_map")  # fmt: skip
+
+
+def _backend_line(launch: BackendLaunch) -> str:
+    """`backend: vLLM via lmms-eval --model vllm, tensor_parallel_size=8, …` for the wrapper's derived lines."""
+    names = {"vllm": "vLLM", "sglang": "SGLang", "lmdeploy": "LMDeploy"}
+    parts = [f"{names[launch.backend]} via {launch.via}", f"model {launch.model} ({launch.model_from})" if launch.model
+             else "model not named", f"tp {launch.tp} ({launch.tp_from})" if launch.tp is not None
+             else f"tp from the GPU count ({launch.tp_from})", f"dp {launch.dp} ({launch.dp_from})"]  # fmt: skip
+    if launch.fraction is not None:
+        parts.append(f"{launch.fraction_name} {launch.fraction} ({launch.fraction_from})")
+    if launch.processes > 1:
+        parts.append(f"{launch.processes} processes ({launch.processes_from})")
+    return "backend: " + ", ".join(parts)
+
+
+def _server_plan(
+    command: Sequence[str], diag_args: Sequence[str], env: Mapping[str, str], checks: Path
+) -> RunPlan | None:
+    """A server command (`vllm serve`, `python -m sglang.launch_server`, `lmdeploy serve api_server`): the
+    environment, layout and backend checks; None for any other command."""
+    from diag.launch.commands import server_launch
+
+    try:
+        launch = server_launch(command)
+    except CommandError as exc:
+        return RunPlan([str(checks / ENV_CHECKS)], not_derived=["every check that needs the command"], error=str(exc))
+    if launch is None:
+        return None
+    plan = RunPlan([str(checks / ENV_CHECKS), str(checks / LAYOUT_CHECKS), str(checks / BACKEND_CHECKS)])
+    plan.backend = launch.backend
+    plan.derived += [f"recognised: {launch.via} (an inference server)", _backend_line(launch)]
+    _add(plan, diag_args, "--backend", launch.backend, f"from {launch.via}")
+    plan.not_derived.append(_ENGINE_LOADS)
+    return plan
+
+
+def _backend_plan(
+    plan: RunPlan, command: Sequence[str], diag_args: Sequence[str], env: Mapping[str, str], checks: Path
+) -> None:
+    """An lmms-eval / VLMEvalKit command that starts an engine: the backend checks instead of the device-map ones."""
+    from diag.launch.commands import backend_launch
+
+    try:
+        launch = backend_launch(command, env)
+    except CommandError as exc:
+        plan.not_derived.append(f"the backend's settings ({exc}): the backend checks say why")
+        launch = None
+    if launch is None:
+        return
+    plan.targets = [str(checks / ENV_CHECKS), str(checks / LAYOUT_CHECKS), str(checks / BACKEND_CHECKS)]
+    plan.backend = launch.backend
+    plan.derived.append(_backend_line(launch))
+    _add(plan, diag_args, "--backend", launch.backend, f"from {launch.via}")
+    plan.not_derived = [line for line in plan.not_derived if not line.startswith("the model")]
+    plan.not_derived.append(_ENGINE_LOADS)
 
 
 def _environment_notes(plan: RunPlan, env: Mapping[str, str], found: EvalCommand) -> None:
@@ -388,7 +456,7 @@ def main(argv: Sequence[str]) -> int:
     if plan.error:
         _say(f"error: {plan.error}")
     env = _command_env(diag_args)
-    found = find_eval(command, plan.found, env, os.getcwd())
+    found = find_eval(command, plan.found, env, os.getcwd(), backend=plan.backend)
     for line in found.lines:
         _say(f"found {line}")
     if found.missing:
