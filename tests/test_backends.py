@@ -239,3 +239,17 @@ def test_sglang_tp3_fails_the_language_model_and_the_vision_tower(run_checks):
     assert run.check("test_tensor_parallel_divides_the_language_model_heads")["code"] == "BACKEND-004"
     vision = run.check("test_tensor_parallel_divides_the_vision_tower_heads")
     assert vision["code"] == "BACKEND-005" and "16 is not divisible by 3" in vision["message"]
+
+
+def test_gpu_uuids_in_the_selection_fail_vllm_with_the_indices_as_fix(run_checks):
+    from diag.topology.simulated import simulated_node
+
+    uuids = [g.uuid for g in simulated_node("4xA100-80GB").gpus[2:4]]
+    run = _backend_run(run_checks, "--simulate", "4xA100-80GB", "--gpus", ",".join(uuids), "--backend", "vllm",
+                       "--model-args", "tensor_parallel_size=2")  # fmt: skip
+    entry = run.check("test_backend_can_use_the_visible_devices")
+    assert (
+        entry["code"] == "BACKEND-009" and f"invalid literal for int() with base 10: '{uuids[0]}'" in entry["message"]
+    )
+    assert "CUDA_VISIBLE_DEVICES=2,3" in entry["fix"]["summary"]
+    assert " --gpus 2,3 " in entry["fix"]["commands"][0]  # this run checked again on the same GPUs by index
