@@ -106,6 +106,27 @@ def _eval_command(value: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def _eval_kit_version(value: str) -> str:
+    from diag.kits import KitVersionError, parse_kit_version
+
+    try:
+        return parse_kit_version(value)
+    except KitVersionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_kit_version_option(group: pytest.OptionGroup) -> None:
+    """--eval-kit-version: which version of the eval kit the emulation assumes (when the kit is not installed)."""
+    group.addoption(
+        "--eval-kit-version",
+        type=_eval_kit_version,
+        default=None,
+        metavar="VERSION",
+        help="the eval kit's version when it is not installed beside diag: a date (2025-04-29), a commit "
+        "(3b6bca0f), a release (0.3.0) or head; default: the installed kit's, else the newest behaviour diag knows",
+    )
+
+
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("diag", "diag: pre-flight checks for multi-GPU evals")
     group.addoption(
@@ -190,6 +211,7 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="PATH",
         help=f"where the JSON report goes; default {DEFAULT_PATH}",
     )
+    _add_kit_version_option(group)
 
 
 @dataclass(frozen=True)
@@ -205,6 +227,7 @@ class DiagOptions:
     eval_kit: str | None = None
     eval_model: str | None = None
     eval_command: tuple[str, ...] | None = None
+    eval_kit_version: str | None = None
 
     @property
     def kit(self) -> str | None:
@@ -231,6 +254,7 @@ def read_options(config: pytest.Config) -> DiagOptions:
         eval_kit=config.getoption("eval_kit"),
         eval_model=config.getoption("eval_model"),
         eval_command=config.getoption("eval_command"),
+        eval_kit_version=config.getoption("eval_kit_version"),
     )
     if options.simulate and options.topology:
         raise pytest.UsageError("--simulate and --topology both describe the node: give one of them")
