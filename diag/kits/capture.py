@@ -205,6 +205,12 @@ def _patch_transformers(patches: _Patches, capture: Capture) -> None:
 
     patches.set(modeling_utils.PreTrainedModel, "from_pretrained", loader("PreTrainedModel", True))
     patches.set(auto_factory._BaseAutoModelClass, "from_pretrained", loader("AutoModel", True))
+    from transformers.models.auto import modeling_auto
+
+    for name, owner in list(vars(modeling_auto).items()):  # each auto class has its own copy of the method
+        if isinstance(owner, type) and issubclass(owner, auto_factory._BaseAutoModelClass) and name.startswith("Auto"):
+            if "from_pretrained" in vars(owner):
+                patches.set(owner, "from_pretrained", loader(name, True))
     for name in ("AutoProcessor", "AutoTokenizer", "AutoConfig", "AutoImageProcessor", "AutoFeatureExtractor",
                  "AutoVideoProcessor", "PreTrainedTokenizerBase", "ProcessorMixin", "PretrainedConfig",
                  "ImageProcessingMixin", "FeatureExtractionMixin"):  # fmt: skip

@@ -151,7 +151,8 @@ def _verdict(
             )
         text = f"{type(error).__name__}: {error}"
         code, key = _code_of(error, cls, args)
-        what = f"lmms-eval's {model_class!r} class ({cls.__module__}.{cls.__name__}, {kit.describe()}) raises {text} before loading the model"
+        where = f"{cls.__module__}.{cls.__name__}, {kit.describe()}"
+        what = f"lmms-eval's {model_class!r} class ({where}) raises {text} before loading the model"
         return KitVerdict(kit, problem=what, code=code, key=key)
     passed = load.device_map if load.has_device_map else None
     note = f"{model_class} ({kit.describe()}) calls {load.owner}.from_pretrained(device_map={passed!r})"
