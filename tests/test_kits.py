@@ -236,7 +236,8 @@ def own_split(layers=80):
     gpus = min(8, torch.cuda.device_count() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     ordinals = list(range(gpus))
     first = ordinals[0]
-    return {{"vision_model": first, **{{f"language_model.model.layers.{{i}}": ordinals[i % gpus] for i in range(layers)}}}}
+    layer_map = {{f"language_model.model.layers.{{i}}": ordinals[i % gpus] for i in range(layers)}}
+    return {{"vision_model": first, **layer_map}}
 
 
 class InternVLChat:

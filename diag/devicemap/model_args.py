@@ -246,8 +246,8 @@ def device_map_from_model_args(text: str, model_class: str | None, date: str | N
     written = _written(text, "device_map") if given else f"device_map={value!r} ({model_class} default)"
     origin = ORIGIN_MODEL_ARGS if given else ORIGIN_DEFAULT
     if model_class == "internvl2" and date is not None and date < INTERNVL2_OWN_SPLIT:
-        note = f"internvl2 before {INTERNVL2_OWN_SPLIT} passes no device_map and runs .cuda(): {value!r} is ignored"
-        return DeviceMapSource("cuda:0", origin, written, model_class, note)
+        old = f"internvl2 before {INTERNVL2_OWN_SPLIT} passes no device_map and runs .cuda(): {value!r} is ignored"
+        return DeviceMapSource("cuda:0", origin, written, model_class, old)
     passed, note = _as_the_class_passes_it(model_class, value, args)
     moved = MOVED_AFTER_LOADING.get(str(model_class))
     if moved is not None:

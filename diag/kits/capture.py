@@ -208,9 +208,9 @@ def _patch_transformers(patches: _Patches, capture: Capture) -> None:
     from transformers.models.auto import modeling_auto
 
     for name, owner in list(vars(modeling_auto).items()):  # each auto class has its own copy of the method
-        if isinstance(owner, type) and issubclass(owner, auto_factory._BaseAutoModelClass) and name.startswith("Auto"):
-            if "from_pretrained" in vars(owner):
-                patches.set(owner, "from_pretrained", loader(name, True))
+        auto = isinstance(owner, type) and issubclass(owner, auto_factory._BaseAutoModelClass)
+        if auto and name.startswith("Auto") and "from_pretrained" in vars(owner):
+            patches.set(owner, "from_pretrained", loader(name, True))
     for name in ("AutoProcessor", "AutoTokenizer", "AutoConfig", "AutoImageProcessor", "AutoFeatureExtractor",
                  "AutoVideoProcessor", "PreTrainedTokenizerBase", "ProcessorMixin", "PretrainedConfig",
                  "ImageProcessingMixin", "FeatureExtractionMixin"):  # fmt: skip
@@ -220,6 +220,13 @@ def _patch_transformers(patches: _Patches, capture: Capture) -> None:
             continue
         if isinstance(owner, type) and "from_pretrained" in dir(owner):
             patches.set(owner, "from_pretrained", loader(name, False))
+
+
+def _constant(value: Any) -> Callable[[Any], Any]:
+    def read(self: Any) -> Any:
+        return value
+
+    return read
 
 
 def _patch_accelerate(patches: _Patches, processes: int, rank: int, capture: Capture) -> None:
@@ -252,7 +259,7 @@ def _patch_accelerate(patches: _Patches, processes: int, rank: int, capture: Cap
         for name, value in values.items():
             if name == "state" and cls is not accelerate.Accelerator:
                 continue
-            patches.set(cls, name, property(lambda self, v=value: v))
+            patches.set(cls, name, property(_constant(value)))
         for method in ("wait_for_everyone", "print"):
             patches.set(cls, method, lambda self, *a, **k: None)
     for method in ("prepare", "prepare_model"):

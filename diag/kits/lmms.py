@@ -87,7 +87,8 @@ def resolve_class(name: str) -> type:
                 raise KitUnavailable("lmms-eval has no get_model and no MODEL_REGISTRY")
             if name not in table:
                 raise ValueError(f"Model {name} not found in available models")
-            return table[name]  # type: ignore[no-any-return]
+            found_class: type = table[name]
+            return found_class
     try:
         found = get_model(name)
     except (ValueError, KeyError):
@@ -120,7 +121,7 @@ def build_installed(
             additional = {"batch_size": options.get("batch_size", "1"), "device": options.get("device")}
             try:
                 if hasattr(cls, "create_from_arg_string"):
-                    cls.create_from_arg_string(model_args, additional)  # type: ignore[attr-defined]
+                    cls.create_from_arg_string(model_args, additional)
                 else:
                     from diag.devicemap.model_args import parse_model_args
 

@@ -71,6 +71,8 @@ def find_checkout(command: Sequence[str] | None, env: Mapping[str, str]) -> Chec
 
 
 def vlmevalkit_kit(checkout: Checkout | None, option_version: str | None) -> KitUse:
+    date: str | None
+    version: str | None
     if checkout is None:
         return emulated(VLMEVALKIT, option_version)
     found = checkout_commit(checkout.root)
