@@ -102,7 +102,7 @@ def test_every_code_the_checks_use_is_in_the_catalog():
 
 def test_every_catalog_entry_has_a_cause_and_a_fix():
     for fix in CATALOG.values():
-        assert re.fullmatch(r"(ENV|MAP|SPLIT|FWD|MEM|LAYOUT|DIST|DIAG)-\d{3}", fix.code)
+        assert re.fullmatch(r"(ENV|MAP|SPLIT|FWD|MEM|LAYOUT|DIST|KIT|DIAG)-\d{3}", fix.code)
         assert fix.title and fix.cause.endswith(".") and fix.fix
 
 
