@@ -35,9 +35,14 @@ pytestmark = pytest.mark.diag
 
 
 def _usable(check: Check, case: MapCase) -> None:
+    if case.kit is not None:  # which kit version decided, and whether its installed code ran or diag's emulation
+        check.record("eval_kit", case.kit.as_dict())
+        if case.kit.reason and case.kit.source == "emulation":
+            check.warn("KIT-001", f"{case.kit.describe()} assumed: {case.kit.reason}")
     if case.problem is not None:
         if case.problem_code:
-            check.fail(case.problem_code, case.problem, subject="--model-args")
+            check.fail(case.problem_code, case.problem, case.fix, subject="--model-args",
+                       commands=list(case.commands))  # fmt: skip
         pytest.skip(case.problem)
 
 

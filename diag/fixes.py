@@ -1,9 +1,10 @@
 """The fix catalog: one stable code per cause, with the fix and the public threads it rests on.
 
-Codes are grouped by area (ENV, MAP, SPLIT, FWD, MEM, LAYOUT, DIST, DIAG, BACKEND) and never renumbered;
-docs/fix-codes.md is generated from this table (`python -m diag fix-codes`) and a test keeps the two in step. DIST
-(the collective check across ranks and nodes, and launcher timeouts) and BACKEND (the vLLM, SGLang and LMDeploy
-engines an eval starts: parallel sizes, heads, memory fraction, start method, device entries) are the newest areas.
+Codes are grouped by area (ENV, MAP, SPLIT, FWD, MEM, LAYOUT, DIST, KIT, BACKEND, DIAG) and never renumbered;
+docs/fix-codes.md is generated from this table (`python -m diag fix-codes`) and a test keeps the two in step. The
+newest areas: DIST (the collective check across ranks and nodes, and launcher timeouts), KIT (the eval kit itself:
+which of its versions or classes decides, and whether its installed code could be run) and BACKEND (the vLLM,
+SGLang and LMDeploy engines an eval starts: parallel sizes, heads, memory fraction, start method, device entries).
 """
 
 from __future__ import annotations
@@ -680,6 +681,60 @@ _CATALOG: tuple[FixCode, ...] = (
             "https://github.com/vllm-project/vllm/pull/46132",
             "https://docs.nvidia.com/datacenter/tesla/mig-user-guide/",
         ),
+    ),
+    FixCode(
+        "MAP-011",
+        "The lmms-eval model class does not take a --model_args key",
+        "lmms-eval hands every --model_args item to the model class as a keyword argument; classes that take "
+        "`**kwargs` only to reject them (`assert kwargs == {}`: cogvlm2, minicpm_v, phi3v and others) raise "
+        "`AssertionError: Unexpected kwargs`, and classes without `**kwargs` raise `TypeError: unexpected keyword "
+        "argument`, before the model loads. minicpm_v and phi3v have no device_map parameter at all.",
+        "Remove the key from --model_args (the fix gives the eval command without it); for the device, use the "
+        "parameter the class has (`device=`).",
+        (
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/api/model.py",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/models/simple/minicpm_v.py",
+        ),
+    ),
+    FixCode(
+        "MAP-012",
+        "lmms-eval's internvl2 cannot build its split for this checkpoint name",
+        "With device_map=auto in one process, lmms-eval's internvl2 class (since PR #481) builds its own split from "
+        "a table of InternVL2 / InternVL2.5 checkpoint folder names; any other name (a local path's folder, "
+        "InternVL3, …) raises `KeyError: '<name>'` before the model loads. The split is then moved whole to "
+        "cuda:0 by the class's `.to(self._device)`.",
+        "Give the layer count with `num_layers=N` in --model_args, or load the checkpoint under its upstream folder "
+        "name.",
+        (
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/pull/481",
+            "https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/models/simple/internvl2.py",
+        ),
+    ),
+    FixCode(
+        "MAP-013",
+        "The eval's model class stops before loading the model",
+        "The installed eval kit's model class, built as the eval builds it (loaders intercepted, nothing read), "
+        "raised an error of its own before it reached from_pretrained.",
+        "Read the error the class raises (quoted in the message) and change the model arguments it names.",
+        ("https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/api/model.py",),
+    ),
+    FixCode(
+        "KIT-001",
+        "The installed eval kit could not be run; diag's emulation answered",
+        "diag found lmms-eval or VLMEvalKit installed but could not import or run the part it needs (a missing "
+        "dependency of the model class, a run.py that does not run), so the verdict comes from diag's emulation of "
+        "the kit's version instead of the kit's own code.",
+        "Run diag inside the eval's own environment (where the kit's imports work), or give --eval-kit-version so "
+        "the emulation assumes the kit's version.",
+        ("https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/models/__init__.py",),
+    ),
+    FixCode(
+        "KIT-002",
+        "The eval kit has no such model class",
+        "lmms-eval resolves --model through its registry; a name it does not list (a class added in a later "
+        "version, a typo) stops the eval with `ValueError: Model ... not found` before anything loads.",
+        "Use a --model name the installed lmms-eval lists, or update lmms-eval to a version that has the class.",
+        ("https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/models/__init__.py",),
     ),
 )
 

@@ -173,7 +173,12 @@ def layout_root(options: DiagOptions, env: Mapping[str, str], visible: int) -> R
     if visible and count > visible:
         return Root("LAYOUT-001", skip=f"{count} processes on {visible} visible GPUs: the launch changes with "
                     "LAYOUT-001's fix, and this plan with it (see LAYOUT-001)")  # fmt: skip
-    if lmms_eval_strategy_in_processes(options, count, visible) is not None:
+    from diag.devicemap.model_args import PER_PROCESS_GPU_CLASSES
+
+    # Classes that load each process on cuda:{local_process_index} whatever device_map says: the per-rank plan is
+    # what runs, so it is checked as it is (LAYOUT-002 fails only when the model does not fit one GPU).
+    per_rank = options.eval_model in PER_PROCESS_GPU_CLASSES
+    if not per_rank and lmms_eval_strategy_in_processes(options, count, visible) is not None:
         return Root("LAYOUT-002", skip="the launch changes with LAYOUT-002's fix (one process, or no device_map), "
                     "which already says where the model fits (see LAYOUT-002)")  # fmt: skip
     return None

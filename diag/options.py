@@ -115,6 +115,27 @@ def _eval_command(value: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def _eval_kit_version(value: str) -> str:
+    from diag.kits import KitVersionError, parse_kit_version
+
+    try:
+        return parse_kit_version(value)
+    except KitVersionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_kit_version_option(group: pytest.OptionGroup) -> None:
+    """--eval-kit-version: which version of the eval kit the emulation assumes (when the kit is not installed)."""
+    group.addoption(
+        "--eval-kit-version",
+        type=_eval_kit_version,
+        default=None,
+        metavar="VERSION",
+        help="the eval kit's version when it is not installed beside diag: a date (2025-04-29), a commit "
+        "(3b6bca0f), a release (0.3.0) or head; default: the installed kit's, else the newest behaviour diag knows",
+    )
+
+
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("diag", "diag: pre-flight checks for multi-GPU evals")
     group.addoption(
@@ -209,6 +230,7 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="PATH",
         help=f"where the JSON report goes; default {DEFAULT_PATH}",
     )
+    _add_kit_version_option(group)
 
 
 @dataclass(frozen=True)
@@ -225,6 +247,7 @@ class DiagOptions:
     eval_model: str | None = None
     eval_command: tuple[str, ...] | None = None
     backend: str | None = None
+    eval_kit_version: str | None = None
 
     @property
     def kit(self) -> str | None:
@@ -252,6 +275,7 @@ def read_options(config: pytest.Config) -> DiagOptions:
         eval_model=config.getoption("eval_model"),
         eval_command=config.getoption("eval_command"),
         backend=config.getoption("backend"),
+        eval_kit_version=config.getoption("eval_kit_version"),
     )
     if options.simulate and options.topology:
         raise pytest.UsageError("--simulate and --topology both describe the node: give one of them")

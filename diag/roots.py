@@ -232,11 +232,14 @@ def eval_command_with_model_args(command: Sequence[str], model_args: str) -> str
     """The eval command with its --model_args value replaced; None if it has no --model_args."""
     parts = list(command)
     for i, token in enumerate(parts):
-        if token == "--model_args" and i + 1 < len(parts):
-            parts[i + 1] = model_args
+        name, equals, _ = token.partition("=")
+        if not (name.startswith("--model_a") and "--model_args".startswith(name)):  # lmms-eval takes abbreviations
+            continue
+        if equals:
+            parts[i] = f"{name}={model_args}"
             return shlex.join(parts)
-        if token.startswith("--model_args="):
-            parts[i] = "--model_args=" + model_args
+        if i + 1 < len(parts):
+            parts[i + 1] = model_args
             return shlex.join(parts)
     return None
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-AREA_ORDER = ("ENV", "DIST", "LAYOUT", "MAP", "SPLIT", "MEM", "FWD", "DIAG")
+AREA_ORDER = ("ENV", "DIST", "LAYOUT", "KIT", "MAP", "SPLIT", "BACKEND", "MEM", "FWD", "DIAG")
 NEXT_STEP = "next step: "
 
 

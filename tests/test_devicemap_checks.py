@@ -102,7 +102,9 @@ def test_the_same_model_fits_on_four_80gb_gpus(run_checks):
 
 def test_auto_split_over_four_of_eight_gpus_uses_visible_ordinals(run_checks, monkeypatch):
     monkeypatch.setenv("AUTO_SPLIT", "1")
-    run = run_checks("--simulate", "8xA100-80GB", "--gpus", "4,5,6,7", "--model", "internvl2-76b")
+    # VLMEvalKit of Dec 30 2024 (before PR #952, whose InternVL ignores AUTO_SPLIT)
+    run = run_checks("--simulate", "8xA100-80GB", "--gpus", "4,5,6,7", "--model", "internvl2-76b",
+                     "--eval-kit-version", "2024-12-30")  # fmt: skip
     entry = run.check("test_auto_split_uses_only_visible_gpus[internvl2-76b-auto-split]")
     assert entry["outcome"] == "passed", run.text
     assert entry["data"]["auto_split"]["gpus_used"] == [0, 1, 2, 3]
@@ -116,7 +118,8 @@ def test_auto_split_with_uuid_entries_breaks_vlmevalkit(run_checks, monkeypatch)
 
     uuids = [g.uuid for g in simulated_node("8xA100-80GB").gpus[4:]]
     monkeypatch.setenv("AUTO_SPLIT", "1")
-    run = run_checks("--simulate", "8xA100-80GB", "--gpus", ",".join(uuids), "--model", "internvl2-76b")
+    run = run_checks("--simulate", "8xA100-80GB", "--gpus", ",".join(uuids), "--model", "internvl2-76b",
+                     "--eval-kit-version", "2024-12-30")  # fmt: skip
     entry = _fails(run, "test_auto_split_uses_only_visible_gpus[internvl2-76b-auto-split]")
     assert entry["code"] == "SPLIT-002" and "invalid literal for int()" in entry["message"]
 
@@ -188,7 +191,8 @@ def test_a_map_file_given_by_its_path_is_the_map_the_checks_judge(run_checks, py
 def test_auto_split_with_two_processes_gives_each_its_own_slice(run_checks, monkeypatch):
     monkeypatch.setenv("AUTO_SPLIT", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    run = run_checks("--simulate", "8xA100-80GB", "--model", "internvl2-76b", "--processes", "2")
+    run = run_checks("--simulate", "8xA100-80GB", "--model", "internvl2-76b", "--processes", "2",
+                     "--eval-kit-version", "2024-12-30")  # fmt: skip
     entry = run.check("test_auto_split_uses_only_visible_gpus[internvl2-76b-auto-split]")
     assert entry["outcome"] == "passed", run.text
     assert entry["data"]["auto_split"]["gpus_used"] == [4, 5, 6, 7]  # rank 1 of 2 on 8 GPUs

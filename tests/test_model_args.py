@@ -168,7 +168,7 @@ def test_class_defaults_read_from_lmms_eval(model_class, default):
         ("device_map=auto,device_map=cuda:1", "aria", "cuda:1", "--model-args", "device_map=cuda:1"),
         ("pretrained=x", "llava", "cuda:0", "default", "device_map='cuda:0' (llava default)"),
         ("device_map=auto", "llava", "auto", "--model-args", "device_map=auto"),
-        ("device_map=auto", "internvl2", "auto", "--model-args", "device_map=auto"),
+        ("device_map=auto", "internvl2", "cuda:0", "--model-args", "device_map=auto"),
         ("device_map=", "qwen2_vl", "cuda", "--model-args", "device_map="),
         ("device_map=,device=cuda:1", "qwen2_vl", "cuda:1", "--model-args", "device_map="),
         ("device_map=0", "qwen2_vl", "cuda", "--model-args", "device_map=0"),
@@ -204,7 +204,10 @@ def test_llava_style_classes_ignore_anything_but_auto(model_class):
 def test_internvl2_auto_is_replaced_by_its_own_split():
     source = device_map_from_model_args("device_map=auto", "internvl2")
     assert source is not None
-    assert source.note == "internvl2 replaces device_map=auto with its own split over every visible GPU"
+    assert source.note == (
+        "internvl2 replaces device_map=auto with its own split over every visible GPU, then moves "
+        "the whole model with .to('cuda:0')"
+    )
 
 
 @pytest.mark.parametrize(

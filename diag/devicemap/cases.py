@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from diag.devicemap.sources import DeviceMapSource
 
 if TYPE_CHECKING:
+    from diag.kits import KitUse
+    from diag.kits.lmms import KitVerdict
     from diag.layout import ProcessSlice
     from diag.options import DiagOptions
     from diag.topology.records import Topology
@@ -38,6 +41,10 @@ class MapCase:
     # A VLMEvalKit process's slice of the GPUs: the view the checks judge this case on (None: the node's view).
     topology: Topology | None = None
     local_rank: int | None = None
+    # The eval kit whose code (or diag's emulation of it) decided the map, and the fix for a problem it raised.
+    kit: KitUse | None = None
+    fix: str | None = None
+    commands: tuple[str, ...] = ()
 
 
 def _models(options: DiagOptions) -> tuple[list[ModelSpec], str | None]:
@@ -70,22 +77,134 @@ def _source(options: DiagOptions, model: ModelSpec, topology: Topology, env: Map
 
     if options.device_map is not None:
         return _case(model, parse_device_map_option(options.device_map))
-    if options.model_args is not None or options.eval_model is not None:
+    lmms = options.kit != "vlmevalkit" and (options.model_args is not None or options.eval_model is not None)
+    if lmms:
+        processes = local_processes(options.processes, env).count
         try:
-            source = device_map_from_model_args(options.model_args or "", options.eval_model)
+            if options.eval_model is not None:
+                found = _lmms_eval_case(options, model, topology, env, processes)
+                if found is not None:
+                    return found
+            source = device_map_from_model_args(options.model_args or "", None)
         except ModelArgsError as exc:
             return MapCase(f"{model.name}-model-args", model, None, str(exc), "MAP-009")
         if source is not None:
-            processes = local_processes(options.processes, env).count
             return _case(model, device_map_for_process(source, processes, local_rank(env) or 0))
-    if env.get("AUTO_SPLIT") == "1" and model.family == "internvl-chat":
-        if options.processes is not None:  # --processes stands for the launcher's LOCAL_WORLD_SIZE
+    if options.kit == "vlmevalkit" or env.get("AUTO_SPLIT") == "1":
+        found = _vlmevalkit_case(options, model, topology, env)
+        if found is not None:
+            return found
+    return _case(model, DeviceMapSource("auto", "default", "device_map=auto (default)"))
+
+
+def _lmms_eval_case(
+    options: DiagOptions, model: ModelSpec, topology: Topology, env: Mapping[str, str], processes: int
+) -> MapCase | None:
+    """The lmms-eval class's verdict: the installed class run with its loaders intercepted, else the emulation."""
+    from diag.devicemap.model_args import parse_model_args
+    from diag.kits.lmms import lmms_eval_verdict
+    from diag.layout import local_rank
+
+    parse_model_args(options.model_args or "")  # MAP-009 first: lmms-eval stops there before any class
+    assert options.eval_model is not None
+    verdict = lmms_eval_verdict(
+        options.eval_model, options.model_args or "", processes=processes, rank=local_rank(env) or 0,
+        gpus=len(topology.cuda.devices), option_version=options.eval_kit_version, command=options.eval_command,
+    )  # fmt: skip
+    return _from_verdict(options, model, verdict, "model-args")
+
+
+def _vlmevalkit_case(
+    options: DiagOptions, model: ModelSpec, topology: Topology, env: Mapping[str, str]
+) -> MapCase | None:
+    """VLMEvalKit's verdict for this process: its installed model class in this view, else the emulation."""
+    from diag.kits.vlmeval import build_installed_model, emulated_internvl, find_checkout, vlmevalkit_kit
+
+    checkout = find_checkout(options.eval_command, env)
+    kit = vlmevalkit_kit(checkout, options.eval_kit_version)
+    name = _vlmevalkit_name(options, model, env)
+    if checkout is not None and name is not None:
+        if options.processes is not None and "LOCAL_WORLD_SIZE" not in env:
             env = {**env, "LOCAL_WORLD_SIZE": str(options.processes)}
         try:
-            return _case(model, auto_split_source(model, topology, env))
-        except (AssertionError, ValueError) as exc:  # what VLMEvalKit's own split raises for this layout
-            return MapCase(f"{model.name}-auto-split", model, None, f"AUTO_SPLIT=1: {exc}", "SPLIT-001")
-    return _case(model, DeviceMapSource("auto", "default", "device_map=auto (default)"))
+            verdict = build_installed_model(checkout, kit, name, gpus=len(topology.cuda.devices), env=dict(env),
+                                            rank=int(env.get("LOCAL_RANK") or 0),
+                                            processes=int(env.get("LOCAL_WORLD_SIZE") or 1))  # fmt: skip
+        except RuntimeError as exc:
+            from diag.kits import emulated
+
+            kit = emulated("vlmevalkit", options.eval_kit_version, f"the installed VLMEvalKit could not be run: {exc}")
+            verdict = None
+        if verdict is not None:
+            return _from_verdict(options, model, verdict, "auto-split")
+    elif checkout is not None:
+        from diag.kits import emulated
+
+        kit = emulated("vlmevalkit", options.eval_kit_version, f"{model.name} has no VLMEvalKit name diag knows")
+    if model.family != "internvl-chat":
+        return None
+    if options.processes is not None and "LOCAL_WORLD_SIZE" not in env:  # --processes stands for LOCAL_WORLD_SIZE
+        env = {**env, "LOCAL_WORLD_SIZE": str(options.processes)}
+    found = emulated_internvl(kit, model, topology, env)
+    return None if found is None else _from_verdict(options, model, found, "auto-split")
+
+
+def _vlmevalkit_name(options: DiagOptions, model: ModelSpec, env: Mapping[str, str]) -> str | None:
+    """The VLMEvalKit model name: the command's --model, else the name of the model's checkpoint."""
+    from diag.launch.commands import VLMEVALKIT_MODELS, CommandError, recognise
+
+    if options.eval_command:
+        try:
+            found = recognise(options.eval_command, env)
+        except CommandError:
+            found = None
+        if found is not None and found.kit == "vlmevalkit" and found.eval_model:
+            return found.eval_model
+    for name, checkpoint in VLMEVALKIT_MODELS.items():
+        if checkpoint in model.checkpoints:
+            return name
+    return None
+
+
+def _from_verdict(options: DiagOptions, model: ModelSpec, verdict: KitVerdict, label: str) -> MapCase | None:
+    """A case from a kit's verdict: its problem (with the fixed eval command), or its source; None: no say."""
+    if verdict.problem is not None:
+        fix, commands = _rejection_fix(options, verdict)
+        return MapCase(f"{model.name}-{label}", model, None, verdict.problem, verdict.code, kit=verdict.kit,
+                       fix=fix, commands=commands)  # fmt: skip
+    if verdict.source is None:
+        return None
+    source = verdict.source
+    told = verdict.kit.describe()
+    if source.note and told not in source.note:
+        source = replace(source, note=f"{source.note} ({told})")
+    elif not source.note:
+        source = replace(source, note=f"as {told} loads it")
+    source = replace(source, text=f"{source.text} [{source.note}]")
+    return replace(_case(model, verdict.source), source=source, kit=verdict.kit)
+
+
+def _rejection_fix(options: DiagOptions, verdict: KitVerdict) -> tuple[str | None, tuple[str, ...]]:
+    """For a key the class rejects: the eval command with the key removed (batch_size: moved to --batch_size)."""
+    import shlex
+
+    from diag.roots import eval_command_with_model_args, model_args_without, with_options
+
+    key = verdict.key
+    if key is None or options.model_args is None or key in ("--model",):
+        return None, ()
+    rest = model_args_without(options.model_args, key)
+    if key == "batch_size":
+        from diag.devicemap.model_args import parse_model_args
+
+        value = str(parse_model_args(options.model_args).get("batch_size"))
+        fix = f"Remove batch_size from --model_args and pass --batch_size {value} to lmms-eval."
+        command = shlex.join(with_options(options.eval_command, {"--model_args": rest, "--batch_size": value})) \
+            if options.eval_command else None  # fmt: skip
+    else:
+        fix = f"Remove {key} from --model_args: the {options.eval_model!r} class does not take it."
+        command = eval_command_with_model_args(options.eval_command, rest) if options.eval_command else None
+    return fix, (command,) if command else ()
 
 
 def auto_split_source(
@@ -137,29 +256,65 @@ def map_cases(options: DiagOptions, topology: Topology, env: Mapping[str, str] |
 
 
 def _vlmevalkit_slices(options: DiagOptions, topology: Topology, env: Mapping[str, str]) -> list[ProcessSlice]:
-    """The slices VLMEvalKit's run.py makes when several processes run; [] where it makes none or fails
-    (UUID entries, more processes than GPUs: the launch-layout checks report those)."""
-    from diag.layout import local_processes, vlmevalkit_layout
+    """The slices VLMEvalKit's run.py makes when several processes run (its own GPU block when installed, else
+    the emulation of the kit's date); [] where it makes none or fails (UUID entries, more processes than GPUs:
+    the launch-layout checks report those)."""
+    from diag.kits.vlmeval import (
+        emulated_run_py,
+        find_checkout,
+        installed_run_py,
+        parent_gpu_list,
+        rank_env,
+        slice_tokens,
+        vlmevalkit_kit,
+    )
+    from diag.layout import ProcessSlice, local_processes
 
-    processes = local_processes(options.processes, env).count
-    if options.kit != "vlmevalkit" or processes <= 1:
+    count = local_processes(options.processes, env)
+    parent = parent_gpu_list(topology)
+    if options.kit != "vlmevalkit" or count.count <= 1 or not parent or count.count > len(parent):
         return []
-    try:
-        return list(vlmevalkit_layout(topology, processes).slices)
-    except (AssertionError, ValueError):
-        return []
+    if not all(entry.isdigit() for entry in parent):
+        return []  # run.py's int() fails on UUID entries: SPLIT-002
+    checkout = find_checkout(options.eval_command, env)
+    kit = vlmevalkit_kit(checkout, options.eval_kit_version)
+    ranks = [rank_env(count.origin, count.count, rank, env) for rank in range(count.count)]
+    results: list[dict[str, str | None]] | None = None
+    if checkout is not None and checkout.run_py is not None:
+        try:
+            results = installed_run_py(checkout.run_py, topology, ranks, env)
+        except (RuntimeError, OSError, subprocess.SubprocessError):
+            results = None
+    if results is None:
+        results = []
+        for launched in ranks:
+            try:
+                results.append({"cvd": emulated_run_py(kit.date, parent, {**env, **launched})})
+            except (AssertionError, ValueError):
+                return []
+    slices = []
+    for rank, result in enumerate(results):
+        if "error" in result:
+            return []
+        tokens = slice_tokens(result.get("cvd"), parent)
+        slices.append(ProcessSlice(rank, tuple(parent.index(t) for t in tokens if t in parent), tokens))
+    return slices
 
 
 def _slice_case(
     options: DiagOptions, model: ModelSpec, topology: Topology, env: Mapping[str, str], piece: ProcessSlice,
     processes: int,
 ) -> MapCase:  # fmt: skip
-    """The model's case as one VLMEvalKit process sees it: its slice of the GPUs, its LOCAL_RANK."""
-    from diag.layout import slice_topology
+    """The model's case as one VLMEvalKit process sees it: its slice of the GPUs, its launcher variables."""
+    from diag.kits.vlmeval import rank_env
+    from diag.layout import local_processes, slice_topology
 
     view = slice_topology(topology, piece)
-    rank_env = {**env, "LOCAL_RANK": str(piece.local_rank), "LOCAL_WORLD_SIZE": str(processes)}
-    case = _source(replace(options, processes=processes), model, view, rank_env)
+    origin = local_processes(options.processes, env).origin
+    launched = rank_env(origin, processes, piece.local_rank, env)
+    rank_environ = {k: v for k, v in {**env, **launched}.items() if v is not None}
+    rank_environ["CUDA_VISIBLE_DEVICES"] = piece.cuda_visible_devices
+    case = _source(options, model, view, rank_environ)
     return replace(case, id=f"{piece.id}-{case.id}", topology=view, local_rank=piece.local_rank)
 
 

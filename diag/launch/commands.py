@@ -77,7 +77,8 @@ def _parse(parser: argparse.ArgumentParser, args: Sequence[str], what: str) -> a
 
 
 def _lmms_eval(args: Sequence[str], shape: str) -> EvalCommand:
-    parser = argparse.ArgumentParser(prog="lmms_eval", add_help=False, allow_abbrev=False)
+    # allow_abbrev as lmms-eval's own parser: `--model_arg X` and `--model_a X` set model_args there too.
+    parser = argparse.ArgumentParser(prog="lmms_eval", add_help=False, allow_abbrev=True)
     parser.add_argument("--model")
     parser.add_argument("--model_args")
     parser.add_argument("--config")
