@@ -78,7 +78,7 @@ def _source(options: DiagOptions, model: ModelSpec, topology: Topology, env: Map
         if source is not None:
             processes = local_processes(options.processes, env).count
             return _case(model, device_map_for_process(source, processes, local_rank(env) or 0))
-    if env.get("AUTO_SPLIT") == "1" and model.family == "internvl-chat":
+    if env.get("AUTO_SPLIT") == "1" and _auto_split_family(model):
         if options.processes is not None:  # --processes stands for the launcher's LOCAL_WORLD_SIZE
             env = {**env, "LOCAL_WORLD_SIZE": str(options.processes)}
         try:
@@ -86,6 +86,13 @@ def _source(options: DiagOptions, model: ModelSpec, topology: Topology, env: Map
         except (AssertionError, ValueError) as exc:  # what VLMEvalKit's own split raises for this layout
             return MapCase(f"{model.name}-auto-split", model, None, f"AUTO_SPLIT=1: {exc}", "SPLIT-001")
     return _case(model, DeviceMapSource("auto", "default", "device_map=auto (default)"))
+
+
+def _auto_split_family(model: ModelSpec) -> bool:
+    """True when VLMEvalKit's AUTO_SPLIT=1 builds its own map for the model's family (InternVL's split_model)."""
+    from diag.twins.families import family_named
+
+    return family_named(model.family).vlmevalkit_auto_split
 
 
 def auto_split_source(
