@@ -106,7 +106,7 @@ def _set_mrope(config: dict[str, Any], sections: list[int]) -> None:
 
 def _sub_configs(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     for key, value in config.items():
-        if key.endswith("_config") and isinstance(value, dict) and key not in ("quantization_config",):
+        if isinstance(key, str) and key.endswith("_config") and isinstance(value, dict) and key != "quantization_config":
             yield key, value
 
 
@@ -122,8 +122,9 @@ def _tiny_text_fields(config: dict[str, Any], experts: int | None) -> int:
     if sections is not None:
         tiny_sections, head_dim = tiny_mrope(sections)
         _set_mrope(config, tiny_sections)
-    else:
-        config.pop("rope_scaling", None)  # values, not devices; some kinds are sized by the full head width
+    else:  # rope scaling changes values, not devices, and some kinds are sized by the full head width
+        if isinstance(config.get("rope_scaling"), dict):
+            config["rope_scaling"] = {"rope_type": "default"}
         rope = config.get("rope_parameters")
         if isinstance(rope, dict) and rope.get("rope_type", "default") != "default":
             config["rope_parameters"] = {"rope_type": "default", "rope_theta": rope.get("rope_theta", 10000.0)}
@@ -202,7 +203,7 @@ def _remap_ids(config: dict[str, Any], seen: dict[int, int]) -> None:
     for key, value in list(config.items()):
         if isinstance(value, dict):
             _remap_ids(value, seen)
-        elif (key.endswith(("token_id", "token_index")) and key not in _KEEP_IDS and isinstance(value, int)
+        elif (isinstance(key, str) and key.endswith(("token_id", "token_index")) and key not in _KEEP_IDS and isinstance(value, int)
               and not isinstance(value, bool) and value >= TINY_VOCAB - 8):  # fmt: skip
             if value not in seen:
                 seen[value] = TINY_VOCAB - 1 - len(seen)
@@ -226,6 +227,9 @@ def tiny_native(config: Mapping[str, Any], *, experts: int | None = 4) -> Config
     for key, sub in subs:
         if _is_vision(key, sub):
             _tiny_vision_fields(sub, text_hidden)
+            size, patch = sub.get("image_size"), sub.get("patch_size")
+            if "image_seq_length" in out and isinstance(size, int) and isinstance(patch, int) and patch > 0:
+                out["image_seq_length"] = (size // patch) ** 2  # LLaVA 4.45 expands the prompt when fewer
     if not top_is_text:
         out["eos_token_id"] = None
         if "vocab_size" in out:

@@ -88,33 +88,50 @@ def _image_inputs(model: nn.Module, generator: torch.Generator) -> Inputs | None
     if token is None:
         token = getattr(config, "image_token_index", None)
     size = getattr(vision, "image_size", None)
-    features = getattr(model, "get_image_features", None)
-    if vision is None or not isinstance(token, int) or not isinstance(size, int) or features is None:
+    if vision is None or not isinstance(token, int) or not isinstance(size, int):
         return None
     channels = int(getattr(vision, "num_channels", 3) or 3)
     pixels = torch.randn(1, channels, size, size, generator=generator)
-    kwargs: dict[str, Any] = {}
-    for name, param in inspect.signature(features).parameters.items():
-        if name in _FROM_CONFIG and hasattr(config, name):
-            kwargs[name] = getattr(config, name)
-        elif name == "image_sizes" and param.default is inspect.Parameter.empty:
-            kwargs[name] = torch.tensor([[size, size]])
-        elif name != "pixel_values" and param.default is inspect.Parameter.empty and param.kind in (
-            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
-        ):  # fmt: skip
-            return None
     try:
         with torch.no_grad():
-            count = _rows(features(pixel_values=pixels, **kwargs))
+            counted = _count_image_tokens(model, pixels)
+            if counted is None:
+                return None
+            count, extra = counted
             ids = [1, *([token] * count), 10, 11, 12]
             inputs: Inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-                              "pixel_values": pixels}  # fmt: skip
-            if "image_sizes" in kwargs:
-                inputs["image_sizes"] = kwargs["image_sizes"]
+                              "pixel_values": pixels, **extra}  # fmt: skip
             model(**inputs)
     except Exception:  # noqa: BLE001 (any failure: the config does not let the generic family feed an image)
         return None
     return inputs
+
+
+def _count_image_tokens(model: nn.Module, pixels: torch.Tensor) -> tuple[int, Inputs] | None:
+    """How many image tokens the model makes of one image, and any extra input it needs for it (image_sizes):
+    from its `get_image_features` where it has one, else LLaVA's rule (one per patch, plus the CLS feature with
+    the "full" strategy) where the config names a feature strategy; None otherwise."""
+    config: Any = model.config
+    size = int(pixels.shape[-1])
+    features = getattr(model, "get_image_features", None)
+    if features is None:
+        strategy = getattr(config, "vision_feature_select_strategy", None)
+        patch = getattr(config.vision_config, "patch_size", None)
+        if strategy not in ("default", "full") or not isinstance(patch, int):
+            return None
+        return (size // patch) ** 2 + (1 if strategy == "full" else 0), {}
+    kwargs: dict[str, Any] = {}
+    extra: Inputs = {}
+    for name, param in inspect.signature(features).parameters.items():
+        if name in _FROM_CONFIG and hasattr(config, name):
+            kwargs[name] = getattr(config, name)
+        elif name == "image_sizes" and param.default is inspect.Parameter.empty:
+            kwargs[name] = extra[name] = torch.tensor([[size, size]])
+        elif name != "pixel_values" and param.default is inspect.Parameter.empty and param.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+        ):  # fmt: skip
+            return None
+    return _rows(features(pixel_values=pixels, **kwargs)), extra
 
 
 def _rows(output: Any) -> int:
