@@ -148,6 +148,10 @@ def _tiny_text_fields(config: dict[str, Any], experts: int | None) -> int:
         if isinstance(config.get(key), int):
             config[key] = 32
     count = next((int(config[k]) for k in _EXPERTS if isinstance(config.get(k), int) and config[k] > 0), None)
+    if count is not None:
+        # transformers 5's default grouped-mm experts pick an integer histc for any non-CPU device, which the
+        # CPU kernels under virtual GPUs lack; the eager loop takes the same devices (one layer, one GPU).
+        config["experts_implementation"] = "eager"
     if experts is not None and count is not None:
         count = min(count, experts)
         for key in _EXPERTS:
@@ -235,5 +239,7 @@ def tiny_native(config: Mapping[str, Any], *, experts: int | None = 4) -> Config
         if "vocab_size" in out:
             out["vocab_size"] = TINY_VOCAB
         out.update(EAGER)
+    if any(sub.get("experts_implementation") for _, sub in subs):
+        out["experts_implementation"] = "eager"  # a composite config hands it to its sub-configs
     _remap_ids(out, {})
     return out
