@@ -277,8 +277,8 @@ class PlanView:
         return f" {self.assumes.note}." if self.assumes is not None else ""
 
 
+# REMOTE_CODE_FAMILIES is importable too (module __getattr__ above).
 __all__ = [
-    "REMOTE_CODE_FAMILIES",
     "BusyFinding",
     "PlanView",
     "Root",

@@ -18,10 +18,16 @@ from torch import nn
 from diag.roots import REMOTE_CODE_FAMILIES, load_snippet, map_fix_lines
 from diag.samedevice import run as run_module
 from diag.samedevice.verify import check_run, forced_map
-from diag.twins import PRESETS, ModelSpec, build_meta, build_tiny, example_input_sets, language_model_layout
-from diag.twins import resolve_model
-from diag.twins.families import Config, Family, Inputs, families, family_for, family_named, register
-from diag.twins.families import _REGISTRY
+from diag.twins import (
+    PRESETS,
+    ModelSpec,
+    build_meta,
+    build_tiny,
+    example_input_sets,
+    language_model_layout,
+    resolve_model,
+)
+from diag.twins.families import _REGISTRY, Config, Family, Inputs, families, family_for, family_named, register
 from diag.twins.shrink import tiny_native, tiny_text
 from diag.twins.spec import family_of
 

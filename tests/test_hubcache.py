@@ -95,7 +95,9 @@ def test_a_checkpoint_not_in_the_cache_falls_back_to_the_preset_and_says_so(cach
 
 def test_a_cached_config_of_a_family_diag_cannot_build_names_it(cache: Path, no_network: None) -> None:
     # (Qwen2.5-VL has a family now: tests/test_presets_qwen.py resolves it from the cache.)
-    lay_out(cache, "org/NoSuch-VL-7B", {"model_type": "nosuch_vl", "architectures": ["NoSuchVLForConditionalGeneration"]})
+    lay_out(
+        cache, "org/NoSuch-VL-7B", {"model_type": "nosuch_vl", "architectures": ["NoSuchVLForConditionalGeneration"]}
+    )
     with pytest.raises(UnknownModel, match="model_type 'nosuch_vl'"):
         resolve_model("org/NoSuch-VL-7B")
 

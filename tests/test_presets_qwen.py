@@ -69,7 +69,8 @@ def test_the_group_is_merged_with_published_sizes() -> None:
 @pytest.mark.parametrize(
     ("hub_id", "name"),
     [("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl-7b"), ("qwen/qwen3-vl-8b-thinking", "qwen3-vl-8b"),
-     ("Qwen/Qwen3-VL-235B-A22B-Instruct", "qwen3-vl-235b-a22b"), ("/models/Qwen3-VL-30B-A3B-Instruct", "qwen3-vl-30b-a3b")],
+     ("Qwen/Qwen3-VL-235B-A22B-Instruct", "qwen3-vl-235b-a22b"),
+     ("/models/Qwen3-VL-30B-A3B-Instruct", "qwen3-vl-30b-a3b")],
 )  # fmt: skip
 def test_hub_ids_resolve_to_the_presets(hub_id: str, name: str) -> None:
     from diag.twins import preset_for_checkpoint

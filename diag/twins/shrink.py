@@ -67,7 +67,6 @@ def tiny_clip(vision: Mapping[str, Any]) -> Config:
     return out
 
 
-
 # -- the generic shrink of a transformers config (any native architecture) ---------------------------------------
 _HEADS = ("num_attention_heads", "num_heads", "n_head", "encoder_attention_heads")
 _WIDTH = ("hidden_size", "embed_dim", "d_model", "n_embd")
@@ -106,7 +105,12 @@ def _set_mrope(config: dict[str, Any], sections: list[int]) -> None:
 
 def _sub_configs(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     for key, value in config.items():
-        if isinstance(key, str) and key.endswith("_config") and isinstance(value, dict) and key != "quantization_config":
+        if (
+            isinstance(key, str)
+            and key.endswith("_config")
+            and isinstance(value, dict)
+            and key != "quantization_config"
+        ):
             yield key, value
 
 
@@ -207,8 +211,8 @@ def _remap_ids(config: dict[str, Any], seen: dict[int, int]) -> None:
     for key, value in list(config.items()):
         if isinstance(value, dict):
             _remap_ids(value, seen)
-        elif (isinstance(key, str) and key.endswith(("token_id", "token_index")) and key not in _KEEP_IDS and isinstance(value, int)
-              and not isinstance(value, bool) and value >= TINY_VOCAB - 8):  # fmt: skip
+        elif (isinstance(key, str) and key.endswith(("token_id", "token_index")) and key not in _KEEP_IDS
+              and isinstance(value, int) and not isinstance(value, bool) and value >= TINY_VOCAB - 8):  # fmt: skip
             if value not in seen:
                 seen[value] = TINY_VOCAB - 1 - len(seen)
             config[key] = seen[value]

@@ -34,7 +34,9 @@ class CogVLM(Family):
     mirrors = "THUDM/cogvlm-chat-hf (modeling_cogvlm.py, visual.py)"
 
     def build(self, config: Mapping[str, Any]) -> nn.Module:
-        return CogVLMForCausalLM(CogVLMConfig(**{k: v for k, v in config.items() if k not in ("model_type", "auto_map")}))
+        return CogVLMForCausalLM(
+            CogVLMConfig(**{k: v for k, v in config.items() if k not in ("model_type", "auto_map")})
+        )
 
     def tiny_config(self, config: Mapping[str, Any]) -> Config:
         out = tiny_text(config)

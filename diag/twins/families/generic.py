@@ -20,7 +20,7 @@ import torch
 import transformers
 from torch import nn
 
-from diag.twins.families import Config, Inputs, register
+from diag.twins.families import Inputs, register
 from diag.twins.hf import NativeFamily, installed
 
 _TEXT_IDS = [1, 10, 11, 12]
@@ -99,10 +99,10 @@ def _image_inputs(model: nn.Module, generator: torch.Generator) -> Inputs | None
                 return None
             count, extra = counted
             ids = [1, *([token] * count), 10, 11, 12]
-            inputs: Inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-                              "pixel_values": pixels, **extra}  # fmt: skip
+            mask = torch.ones(1, len(ids), dtype=torch.long)
+            inputs: Inputs = {"input_ids": torch.tensor([ids]), "attention_mask": mask, "pixel_values": pixels, **extra}
             model(**inputs)
-    except Exception:  # noqa: BLE001 (any failure: the config does not let the generic family feed an image)
+    except Exception:
         return None
     return inputs
 

@@ -28,7 +28,8 @@ _LLAVA_REPO_LM = {
 
 
 def _image_size(model: nn.Module) -> tuple[int, int]:
-    vision = model.config.vision_config  # type: ignore[union-attr]
+    config: Any = model.config
+    vision = config.vision_config
     return int(vision.image_size), int(vision.patch_size)
 
 

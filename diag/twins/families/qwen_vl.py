@@ -55,7 +55,7 @@ class _QwenVL(NativeFamily):
         config: Any = model.config
         vision = config.vision_config
         merge = int(vision.spatial_merge_size)
-        channels = int(getattr(vision, "in_channels", None) or getattr(vision, "in_chans", 3))
+        channels = int(getattr(vision, "in_channels", None) or getattr(vision, "in_chans", None) or 3)
         patch_dim = channels * int(vision.temporal_patch_size) * int(vision.patch_size) ** 2
         per_frame = _GRID[0] * _GRID[1] // (merge * merge)
         start, end = int(config.vision_start_token_id), int(config.vision_end_token_id)
