@@ -114,6 +114,38 @@ def twins(request: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def preset_twins(request: Mapping[str, Any]) -> dict[str, Any]:
+    """Every preset's tiny twin over `gpus` virtual GPUs (forced_map), every input set its family gives: one
+    untimed warm-up run per preset, then `repeat` rounds over the presets. Presets whose transformers class is
+    not installed are listed apart (they cannot run on this stack)."""
+    warnings.simplefilter("ignore")
+    from diag.samedevice.run import run_twin
+    from diag.samedevice.verify import forced_map
+    from diag.twins import PRESETS, build_meta
+    from diag.twins.families import family_named
+
+    gpus = int(request["gpus"])
+    prepared, unavailable = [], {}
+    for name in request["presets"]:
+        spec = PRESETS[name]
+        reason = family_named(spec.family).unavailable(spec.config)
+        if reason is not None:
+            unavailable[name] = reason
+            continue
+        prepared.append((spec, forced_map(build_meta(spec), gpus, spec.family)))
+    samples: dict[str, list[float]] = {spec.name: [] for spec, _ in prepared}
+    failed: dict[str, str] = {}
+    for round_ in range(int(request["repeat"]) + 1):
+        for spec, device_map in prepared:
+            result = run_twin(spec, device_map, simulated_gpus=gpus)
+            if not result.ok:  # the forced map itself fails (the check would go on to its cause): timed to there
+                failed[spec.name] = f"{result.stage}: {(result.error or '')[:100]}"
+            if round_:  # round 0 is the warm-up
+                samples[spec.name].append(result.seconds)
+    return {"gpus": gpus, "samples": samples, "unavailable": unavailable, "failed": failed,
+            "families": {spec.name: spec.family for spec, _ in prepared}}  # fmt: skip
+
+
 def _layers(spec: Any) -> int:
     from diag.twins import build_meta, language_model_layout
 
@@ -160,10 +192,14 @@ def main(argv: list[str]) -> None:
         out = plan(argv[1], int(argv[2]))
     elif argv[:1] == ["twins"] and len(argv) == 2:
         out = twins(json.loads(argv[1]))
+    elif argv[:1] == ["preset-twins"] and len(argv) == 2:
+        out = preset_twins(json.loads(argv[1]))
     elif argv[:1] == ["bounds-files"] and len(argv) == 4:
         out = bounds_files(argv[1], int(argv[2]), int(argv[3]))
     else:
-        raise SystemExit(f"usage: {sys.argv[0]} plan PRESET GPUS | twins JSON | bounds-files DIR GPUS KEYS")
+        raise SystemExit(
+            f"usage: {sys.argv[0]} plan PRESET GPUS | twins JSON | preset-twins JSON | bounds-files DIR GPUS KEYS"
+        )
     print(json.dumps(out))
 
 

@@ -51,7 +51,7 @@ from harness import (  # bench/ is the script's folder, so it is on sys.path
 
 CHILD = Path(__file__).resolve().with_name("child.py")
 SCHEMA = "diag-bench/1"
-SECTIONS = ("suite", "xdist", "plan", "layers", "gpus", "env", "bounds")
+SECTIONS = ("suite", "xdist", "plan", "layers", "gpus", "presets", "env", "bounds")
 SIMULATE = "8xA100-80GB"
 LAYERS = (8, 16, 32, 48, 64, 80)
 LAYERS_QUICK = (8, 80)
@@ -63,6 +63,8 @@ ENV_GPUS = (1, 4, 8, 16, 64)
 ENV_GPUS_QUICK = (1, 4, 64)
 PLAN_GPUS = 8
 PLAN_QUICK = ("llava-1.5-7b", "internvl2-76b")
+PRESET_GPUS = 8
+PRESETS_QUICK = ("llava-1.5-7b", "qwen2-vl-7b", "qwen3-vl-235b-a22b")
 BOUNDS_GPUS = 1000  # under the 1,024-GPU cap a replayed topology may get
 BOUNDS_KEYS = 100_000
 
@@ -293,6 +295,31 @@ def twin_section(
     return Section(name, format_table(title, headers, rows, notes), data, {f"{name}_ratio": figure})
 
 
+def section_presets(repeat: int, presets: Sequence[str]) -> Section:
+    """Every preset's tiny twin over 8 virtual GPUs, every input set of its family, in one child process."""
+    request = json.dumps({"presets": list(presets), "gpus": PRESET_GPUS, "repeat": repeat})
+    case = Case("presets", (sys.executable, str(CHILD), "preset-twins", request))
+    sample = interleave([case], 1)["presets"][0]
+    out = child_json(sample)
+    rows, data = [], {}
+    for name, seconds in out["samples"].items():
+        stats = Stats(seconds)
+        rows.append((name, out["families"][name], stats.median, spread(stats), "yes" if stats.median < 1.0 else "NO"))
+        data[name] = {"family": out["families"][name], "total_s": stats.as_json()}
+    notes = [
+        f"build_tiny + dispatch + forward and 2-token generate on every input set (image; video for Qwen-VL), "
+        f"forced over {PRESET_GPUS} virtual GPUs with forced_map; medians of {repeat} warm runs; peak RSS of the "
+        f"process {sample.peak_rss_mib:.0f} MiB",
+        *(f"{name}: not run on this stack ({why})" for name, why in out["unavailable"].items()),
+        *(f"{name}: the forced map fails (timed to the failure) at {why}" for name, why in out["failed"].items()),
+    ]
+    headers = ("preset", "family", "total s", "min-max s", "< 1 s")
+    table = format_table(f"Tiny twins of every preset ({PRESET_GPUS} virtual GPUs)", headers, rows, notes)
+    return Section("presets", table, {"gpus": PRESET_GPUS, "presets": data, "unavailable": out["unavailable"],
+                                      "failed": out["failed"],
+                                      "peak_rss_mib": sample.peak_rss_mib, "notes": notes})  # fmt: skip
+
+
 def section_layers(repeat: int, layers: Sequence[int]) -> Section:
     points = [(n, LAYER_GPUS) for n in layers]
     title = f"Twin forward + generate against decoder depth ({LAYER_GPUS} virtual GPUs)"
@@ -345,6 +372,7 @@ def run_sections(options: argparse.Namespace, tmp: Path) -> list[Section]:
         "plan": lambda: section_plan(options.repeat, PLAN_QUICK if quick else _presets()),
         "layers": lambda: section_layers(options.repeat, LAYERS_QUICK if quick else LAYERS),
         "gpus": lambda: section_gpus(options.repeat, GPUS_QUICK if quick else GPUS),
+        "presets": lambda: section_presets(options.repeat, PRESETS_QUICK if quick else _presets()),
         "env": lambda: section_env(options.repeat, ENV_GPUS_QUICK if quick else ENV_GPUS, tmp),
         "bounds": lambda: section_bounds(options.repeat, tmp),
     }

@@ -299,7 +299,7 @@ def divisors_up_to(heads: int, limit: int, kv_heads: int | None = None, vision: 
 
 # Families whose vision tower vLLM / SGLang shard by head with tensor parallelism (Qwen2-VL's ViT; CLIP in LLaVA).
 # InternViT and CogVLM's EVA tower are left out: vLLM pads or replicates some of them, and diag does not model it.
-TP_SHARDED_VISION = frozenset({"qwen2-vl", "qwen2.5-vl", "qwen3-vl", "llava", "llava-next"})
+TP_SHARDED_VISION = frozenset({"qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3-vl-moe", "llava", "llava-next"})
 
 
 # -- the GPUs the engine takes -------------------------------------------------------------------------------------

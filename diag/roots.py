@@ -205,23 +205,29 @@ def model_args_without(model_args: str, key: str) -> str:
     return ",".join(item for item in _split_top_level(model_args) if item.partition("=")[0].strip() != key)
 
 
-# Families whose checkpoints ship their modelling code: from_pretrained needs trust_remote_code=True.
-REMOTE_CODE_FAMILIES = frozenset({"internvl-chat", "cogvlm"})
-_LOADER = {
-    "llava": "LlavaForConditionalGeneration",
-    "llava-next": "LlavaNextForConditionalGeneration",
-    "qwen2-vl": "Qwen2VLForConditionalGeneration",
-    "internvl-chat": "AutoModel",
-    "cogvlm": "AutoModelForCausalLM",
-}
+def __getattr__(name: str) -> frozenset[str]:
+    """`REMOTE_CODE_FAMILIES`: the families whose checkpoints ship their modelling code (from_pretrained needs
+    trust_remote_code=True), derived from the registry on first use."""
+    if name == "REMOTE_CODE_FAMILIES":
+        from diag.twins.families import families
+
+        return frozenset(f.name for f in families() if f.remote_code)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_snippet(family: str, checkpoint: str, device_map: str, **extra: str) -> str:
-    """Python lines that load the checkpoint with this device_map (a Python expression), as the family needs."""
-    loader = _LOADER.get(family, "AutoModel")
+def load_snippet(family: str, checkpoint: str, device_map: str, *, loader: str | None = None, **extra: str) -> str:
+    """Python lines that load the checkpoint with this device_map (a Python expression), as the family needs:
+    its loading class (`loader` overrides it) and trust_remote_code where its checkpoints ship their code."""
+    from diag.twins.families import family_named
+
+    try:
+        known = family_named(family)
+    except KeyError:
+        known = None
+    loader = loader or (known.loader if known is not None else "AutoModel")
     args = [repr(checkpoint), f"device_map={device_map}", *(f"{k}={v}" for k, v in extra.items()),
             "torch_dtype=torch.bfloat16"]  # fmt: skip
-    if family in REMOTE_CODE_FAMILIES:
+    if known is not None and known.remote_code:
         args.append("trust_remote_code=True")
     imports = ["import json", "import torch"] if "json." in device_map else ["import torch"]
     return "\n".join([*imports, f"from transformers import {loader}",
@@ -246,15 +252,12 @@ def eval_command_with_model_args(command: Sequence[str], model_args: str) -> str
 
 def map_fix_lines(spec: ModelSpec, path: str, kit: str | None) -> list[str]:
     """How to use the fixed map: a loading snippet with the flags the family needs, and what each kit takes."""
+    from diag.twins.families import family_named
+
+    family = family_named(spec.family)
     checkpoint = spec.checkpoints[0] if spec.checkpoints else spec.name
-    lines = [load_snippet(spec.family, checkpoint, f"json.load(open({path!r}))")]
-    if spec.family == "internvl-chat":
-        lines.append("VLMEvalKit: return this map from split_model() in vlmeval/vlm/internvl/utils.py (InternVL's "
-                     "own split), or load the model in a script as above")  # fmt: skip
-    elif spec.family == "cogvlm":
-        lines.append("VLMEvalKit: load CogVLM with this map in vlmeval/vlm/cogvlm.py (its from_pretrained call), or "
-                     "plan with no_split_module_classes=['CogVLMDecoderLayer', 'TransformerLayer'] so each vision "
-                     "TransformerLayer stays whole")  # fmt: skip
+    lines = [load_snippet(spec.family, checkpoint, f"json.load(open({path!r}))", loader=family.loader_for(spec.config))]
+    lines += family.kit_advice(path)
     if kit != "vlmevalkit":
         lines.append("lmms-eval: --model_args takes only a string device_map; load the model in a script with this "
                      "map")  # fmt: skip
@@ -277,8 +280,8 @@ class PlanView:
         return f" {self.assumes.note}." if self.assumes is not None else ""
 
 
+# REMOTE_CODE_FAMILIES is importable too (module __getattr__ above).
 __all__ = [
-    "REMOTE_CODE_FAMILIES",
     "BusyFinding",
     "PlanView",
     "Root",

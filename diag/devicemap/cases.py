@@ -141,7 +141,7 @@ def _vlmevalkit_case(
         from diag.kits import emulated
 
         kit = emulated("vlmevalkit", options.eval_kit_version, f"{model.name} has no VLMEvalKit name diag knows")
-    if model.family != "internvl-chat":
+    if not _auto_split_family(model):
         return None
     if options.processes is not None and "LOCAL_WORLD_SIZE" not in env:  # --processes stands for LOCAL_WORLD_SIZE
         env = {**env, "LOCAL_WORLD_SIZE": str(options.processes)}
@@ -205,6 +205,13 @@ def _rejection_fix(options: DiagOptions, verdict: KitVerdict) -> tuple[str | Non
         fix = f"Remove {key} from --model_args: the {options.eval_model!r} class does not take it."
         command = eval_command_with_model_args(options.eval_command, rest) if options.eval_command else None
     return fix, (command,) if command else ()
+
+
+def _auto_split_family(model: ModelSpec) -> bool:
+    """True when VLMEvalKit's AUTO_SPLIT=1 builds its own map for the model's family (InternVL's split_model)."""
+    from diag.twins.families import family_named
+
+    return family_named(model.family).vlmevalkit_auto_split
 
 
 def auto_split_source(

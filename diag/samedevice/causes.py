@@ -110,7 +110,7 @@ def classify(result: RunResult, model: torch.nn.Module, device_map: Mapping[str,
                      (block,), fixed, no_split_class=cls)  # fmt: skip
     embed_device = owner_device(layout.embed, device_map)
     head_device = owner_device(layout.head, device_map)
-    if result.stage in ("generate", "chat") and head_device != embed_device:
+    if result.step in ("generate", "chat") and head_device != embed_device:
         last_layer = f"{layout.layers}.{layout.num_layers - 1}"
         pinned = (layout.head, layout.norm, last_layer)
         return Cause(

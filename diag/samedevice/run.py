@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from diag.noise import captured_warnings
-from diag.twins import ModelSpec, build_tiny, example_inputs
-from diag.twins.internvl import TwinTokenizer
+from diag.twins import ModelSpec, build_tiny, example_input_sets
+from diag.twins.families import family_named
 
 SAME_DEVICE = "Expected all tensors to be on the same device"
 # Two wordings in torch 2.8+: elementwise ops say "found at least two devices, A and B!"; mm/bmm/addmm/
@@ -44,6 +44,18 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.stage is None
+
+    @property
+    def step(self) -> str | None:
+        """The stage without the input set it ran on: "generate" for "generate (video)"."""
+        return None if self.stage is None else self.stage.partition(" (")[0]
+
+    @property
+    def input_set(self) -> str | None:
+        """The input set the failed stage ran on ("video"), when the family has several; else None."""
+        if self.stage is None or " (" not in self.stage:
+            return None
+        return self.stage.partition(" (")[2].rstrip(")")
 
     @property
     def cross_device(self) -> bool:
@@ -109,25 +121,18 @@ def _to(inputs: Mapping[str, torch.Tensor], device: str) -> dict[str, torch.Tens
 
 
 def run_stages(spec: ModelSpec, model: torch.nn.Module, inputs_device: str = "cuda:0") -> Iterator[str]:
-    """Forward, then a two-token greedy generate, yielding each stage's name before running it.
+    """Run the twin as the kits call it, on every input set its family gives, yielding each stage's name before
+    running it: the family's stages (forward, then a two-token greedy generate; a remote-code `chat` for families
+    driven through it), named with the input set when there are several ("generate (video)").
 
-    Inputs go where the eval kits put them: `.cuda()` / `cuda:0` (lmms-eval's `self.device`). InternVL-Chat runs
-    the way VLMEvalKit and lmms-eval drive it, through `chat` only: the prompt tokenised (a stand-in tokenizer),
-    the ids sent with `.cuda()`, the image where the kit put it, then the same two-token generate.
+    Inputs go where the eval kits put them: `.cuda()` / `cuda:0` (lmms-eval's `self.device`).
     """
-    inputs = _to(example_inputs(spec, model), inputs_device)
+    family = family_named(spec.family)
+    sets = example_input_sets(spec, model)
     with torch.no_grad():
-        if spec.family == "internvl-chat":
-            yield "chat"
-            chat: Any = model.chat
-            greedy = {"max_new_tokens": 2, "do_sample": False}
-            chat(TwinTokenizer(), inputs["pixel_values"], "Describe the image.", greedy)
-            return
-        yield "forward"
-        model(**inputs)
-        yield "generate"
-        generate: Any = model.generate
-        generate(**inputs, max_new_tokens=2, do_sample=False)
+        for name, inputs in sets.items():
+            for stage in family.run(model, _to(inputs, inputs_device)):
+                yield f"{stage} ({name})" if len(sets) > 1 else stage
 
 
 @contextlib.contextmanager

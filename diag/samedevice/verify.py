@@ -32,14 +32,18 @@ class Verdict:
 def forced_map(meta_model: torch.nn.Module, gpus: int, family: str | None = None) -> dict[str, Any]:
     """A map that spreads the model over every GPU, the way its users split it.
 
-    InternVL-Chat: InternVL's own split_model layout (the README's, rotary_emb included), which is how
-    InternVL models are put on several GPUs. Others: the installed planner with each GPU capped near 1/n of the
-    model. Either way every selected GPU holds part of the model.
+    The family's own split where it has one (InternVL-Chat: InternVL's split_model layout, the README's, rotary_emb
+    included); else the installed planner with each GPU capped near 1/n of the model. Either way every selected
+    GPU holds part of the model.
     """
     if gpus <= 1:
         return {"": 0}
-    if family == "internvl-chat":
-        return _internvl_readme_split(meta_model, gpus)
+    if family is not None:
+        from diag.twins.families import family_named
+
+        own = family_named(family).forced_map(meta_model, gpus)
+        if own is not None:
+            return own
     from accelerate.utils import compute_module_sizes
 
     total = compute_module_sizes(meta_model)[""]
@@ -53,16 +57,6 @@ def forced_map(meta_model: torch.nn.Module, gpus: int, family: str | None = None
         best = device_map
         break
     return best
-
-
-def _internvl_readme_split(meta_model: torch.nn.Module, gpus: int) -> dict[str, Any]:
-    from diag.devicemap.autosplit import PINNED_MODULES, internvl_split
-
-    layout = language_model_layout(meta_model)
-    names = {name for name, _ in meta_model.named_modules()}
-    split = internvl_split(num_layers=layout.num_layers, layers=layout.layers,
-                           pinned=[p for p in PINNED_MODULES if p in names], visible_gpus=gpus)  # fmt: skip
-    return {k: v for k, v in split.device_map.items() if k in names}
 
 
 def check_run(

@@ -1,18 +1,21 @@
 """Twins of the evaluated models: the real module tree, at full width on the meta device or tiny on the CPU.
 
 A twin has the real model's dotted module names, layer counts, `_no_split_modules` and tied weights.
-HF-native families (LLaVA, LLaVA-NeXT, Qwen2-VL) are the installed transformers' own classes; families that
-ship remote code (InternVL-Chat, CogVLM) are this package's modules mirroring upstream's names and the steps of
-forward and generate that depend on devices, built on transformers' classes where upstream builds on them.
+Each family (diag/twins/families, one module per family) says how its twins are built: HF-native families
+(LLaVA, LLaVA-NeXT, Qwen2/2.5/3-VL, any other architecture of the installed transformers) are the installed
+transformers' own classes; families that ship remote code (InternVL-Chat, CogVLM) are this package's modules
+mirroring upstream's names and the steps of forward and generate that depend on devices, built on transformers'
+classes where upstream builds on them.
 Nothing is downloaded and no remote code runs.
 """
 
 from __future__ import annotations
 
-from diag.twins.build import build_meta, build_tiny, example_inputs
+from typing import Any
+
+from diag.twins.build import build_meta, build_tiny, example_input_sets, example_inputs
 from diag.twins.layout import LmLayout, language_model_layout, no_split_modules
 from diag.twins.spec import (
-    FAMILIES,
     PRESETS,
     ModelSpec,
     UnknownModel,
@@ -29,6 +32,7 @@ __all__ = [
     "UnknownModel",
     "build_meta",
     "build_tiny",
+    "example_input_sets",
     "example_inputs",
     "language_model_layout",
     "model_for_checkpoint",
@@ -36,3 +40,12 @@ __all__ = [
     "preset_for_checkpoint",
     "resolve_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`FAMILIES`: the registered families' names, derived on first use (see diag.twins.families)."""
+    if name == "FAMILIES":
+        from diag.twins.families import family_names
+
+        return family_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,34 +1,36 @@
-"""HF-native families (LLaVA, LLaVA-NeXT, Qwen2-VL): the installed transformers' classes, built from a config dict.
+"""Families of the installed transformers' own classes: built from a config dict, shrunk generically.
 
 Whatever transformers is installed is what runs, so the module names are that version's: 4.45 has
 `language_model.model.layers` for LLaVA and `model.layers` for Qwen2-VL; 5.x has `model.language_model.layers`
 and a top-level `lm_head` for both. That difference is the point, not a defect.
+
+`NativeFamily` is the base of every family whose checkpoints load with a transformers class (LLaVA, Qwen-VL, the
+generic fallback): it names the config and model classes, says when the installed transformers lacks them, and
+keeps the expert modules of a mixture-of-experts model as the real model has them.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import transformers
+from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-_CLASSES = {
-    "llava": ("LlavaConfig", "LlavaForConditionalGeneration"),
-    "llava-next": ("LlavaNextConfig", "LlavaNextForConditionalGeneration"),
-    "qwen2-vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration"),
-}
-HF_FAMILIES = tuple(_CLASSES)
+from diag.twins.families import Config, Family
+from diag.twins.shrink import tiny_native
+
+# A module per expert (`...experts.7`): the structure a per-expert ModuleList gives; fused experts have none.
+_PER_EXPERT = re.compile(r"\.experts\.\d+$")
 
 
-def hf_config(family: str, config: Mapping[str, Any]) -> PretrainedConfig:
-    """The installed transformers' config object for a config.json dict of an HF-native family."""
-    config_class = getattr(transformers, _CLASSES[family][0])
-    fields = flat_qwen2_vl(config) if family == "qwen2-vl" else copy.deepcopy(dict(config))
-    built: PretrainedConfig = config_class.from_dict(fields)
+def hf_config(config_class: str, config: Mapping[str, Any]) -> PretrainedConfig:
+    """The installed transformers' config object of that class for a config.json dict."""
+    built: PretrainedConfig = getattr(transformers, config_class).from_dict(copy.deepcopy(dict(config)))
     return built
 
 
@@ -44,69 +46,58 @@ def flat_qwen2_vl(config: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def build_hf(family: str, config: Mapping[str, Any]) -> PreTrainedModel:
-    """The model class of the family, built in the current default device context."""
-    model_class = getattr(transformers, _CLASSES[family][1])
-    model: PreTrainedModel = model_class(hf_config(family, config))
-    return model
+def installed(name: str) -> bool:
+    """True when the installed transformers exports that class."""
+    return getattr(transformers, name, None) is not None
 
 
-def _image_size(model: PreTrainedModel) -> tuple[int, int]:
-    vision = model.config.vision_config
-    return int(vision.image_size), int(vision.patch_size)
+class NativeFamily(Family):
+    """A family built with the installed transformers' classes (`config_class.from_dict`, then `model_class`)."""
+
+    config_class: ClassVar[str] = "AutoConfig"
+    model_class: ClassVar[str] = "AutoModel"
+    # The first transformers release with the classes (for the reason `unavailable` gives).
+    since: ClassVar[str | None] = None
+
+    def classes(self, config: Mapping[str, Any]) -> tuple[str, str]:
+        """The (config class, model class) names for a config (a family of several model types overrides it)."""
+        return self.config_class, self.model_class
+
+    def unavailable(self, config: Mapping[str, Any]) -> str | None:
+        missing = [name for name in self.classes(config) if not installed(name)]
+        if not missing:
+            return None
+        since = f"; it came in transformers {self.since}" if self.since else ""
+        return (f"the installed transformers {transformers.__version__} has no {missing[-1]} (model_type "
+                f"{config.get('model_type')!r}){since}")  # fmt: skip
+
+    def hf_fields(self, config: Mapping[str, Any]) -> Config:
+        """The dict handed to the config class (a family whose published form differs converts it here)."""
+        return copy.deepcopy(dict(config))
+
+    def build(self, config: Mapping[str, Any]) -> nn.Module:
+        reason = self.unavailable(config)
+        if reason is not None:
+            raise ValueError(reason)
+        config_class, model_class = self.classes(config)
+        model: PreTrainedModel = getattr(transformers, model_class)(hf_config(config_class, self.hf_fields(config)))
+        return model
+
+    def shrink(self, config: Mapping[str, Any], experts: int | None) -> Config:
+        """Tiny widths (see shrink.tiny_native); `experts` caps the expert count (None keeps it)."""
+        return tiny_native(self.hf_fields(config), experts=experts)
+
+    def tiny_config(self, config: Mapping[str, Any]) -> Config:
+        """The generic shrink, with 4 experts only where the model fuses its experts into one module per layer:
+        where it has a module per expert, the real count is kept, so the tiny tree is the real tree."""
+        tiny = self.shrink(config, experts=4)
+        if tiny == self.shrink(config, experts=None) or self.unavailable(config) is not None:
+            return tiny
+        with torch.device("meta"):
+            probe = self.build(tiny)
+        if any(_PER_EXPERT.search(name) for name, _ in probe.named_modules()):
+            return self.shrink(config, experts=None)
+        return tiny
 
 
-def llava_inputs(model: PreTrainedModel, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """One image and a prompt with one `<image>` token per patch feature, as the processor expands it."""
-    image_size, patch_size = _image_size(model)
-    per_side = image_size // patch_size
-    count = per_side**2 + (1 if model.config.vision_feature_select_strategy == "full" else 0)
-    image_token = int(model.config.image_token_index)
-    ids = [1, *([image_token] * count), 10, 11, 12]
-    return {
-        "input_ids": torch.tensor([ids]),
-        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-        "pixel_values": torch.randn(1, 3, image_size, image_size, generator=generator),
-    }
-
-
-def llava_next_inputs(model: PreTrainedModel, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """One image exactly the size of the first anyres pinpoint, so no unpadding changes the token count:
-    the base patch's features, then each row of the high-resolution grid plus its `image_newline`."""
-    image_size, patch_size = _image_size(model)
-    per_side = image_size // patch_size
-    height, width = (int(v) for v in model.config.image_grid_pinpoints[0])
-    grid_rows, grid_cols = height // image_size, width // image_size
-    base = per_side**2 + (1 if model.config.vision_feature_select_strategy == "full" else 0)
-    count = base + (per_side * grid_rows) * (per_side * grid_cols + 1)
-    image_token = int(model.config.image_token_index)
-    ids = [1, *([image_token] * count), 10, 11, 12]
-    patches = 1 + grid_rows * grid_cols
-    return {
-        "input_ids": torch.tensor([ids]),
-        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-        "pixel_values": torch.randn(1, patches, 3, image_size, image_size, generator=generator),
-        "image_sizes": torch.tensor([[height, width]]),
-    }
-
-
-def qwen2_vl_inputs(model: PreTrainedModel, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """One 4x4-patch image: flattened patches, its grid, and `<|vision_start|>` + one pad per merged patch."""
-    config = model.config
-    vision = config.vision_config
-    grid_t, grid_h, grid_w = 1, 4, 4
-    merge = int(vision.spatial_merge_size)
-    count = grid_t * grid_h * grid_w // (merge * merge)
-    patch_dim = int(vision.in_chans) * int(vision.temporal_patch_size) * int(vision.patch_size) ** 2
-    ids = [1, int(config.vision_start_token_id), *([int(config.image_token_id)] * count)]
-    ids += [int(config.vision_end_token_id), 10, 11]
-    inputs = {
-        "input_ids": torch.tensor([ids]),
-        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-        "pixel_values": torch.randn(grid_t * grid_h * grid_w, patch_dim, generator=generator),
-        "image_grid_thw": torch.tensor([[grid_t, grid_h, grid_w]]),
-    }
-    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
-        # transformers 5 wants the processor's token types (1 = image) to place M-RoPE positions.
-        inputs["mm_token_type_ids"] = (inputs["input_ids"] == int(config.image_token_id)).int()
-    return inputs
+__all__ = ["NativeFamily", "flat_qwen2_vl", "hf_config", "installed"]

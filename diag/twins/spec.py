@@ -20,28 +20,14 @@ from diag import reader
 from diag.twins.hubcache import cached_config, hub_cache_dir
 from diag.twins.presets import PRESET_TABLE
 
-FAMILIES: tuple[str, ...] = ("llava", "llava-next", "qwen2-vl", "internvl-chat", "cogvlm")
 
-_BY_ARCHITECTURE = {
-    "LlavaForConditionalGeneration": "llava",
-    "LlavaNextForConditionalGeneration": "llava-next",
-    "Qwen2VLForConditionalGeneration": "qwen2-vl",
-    "InternVLChatModel": "internvl-chat",
-    "CogVLMForCausalLM": "cogvlm",
-}
-_BY_MODEL_TYPE = {
-    "llava": "llava",
-    "llava_next": "llava-next",
-    "qwen2_vl": "qwen2-vl",
-    "internvl_chat": "internvl-chat",
-    "cogvlm": "cogvlm",
-}
-# The LLaVA repository's own format (liuhaotian/*, lmms-lab/llava-next-*): a flat LM config plus mm_* fields.
-_LLAVA_REPO_LM = {
-    "LlavaLlamaForCausalLM": "llama",
-    "LlavaMistralForCausalLM": "mistral",
-    "LlavaQwenForCausalLM": "qwen2",
-}
+def __getattr__(name: str) -> Any:
+    """`FAMILIES`: the names of the registered families (diag/twins/families), derived on first use."""
+    if name == "FAMILIES":
+        from diag.twins.families import family_names
+
+        return family_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # The language models InternVLChatModel builds (upstream: Llama, InternLM2, Phi3, Qwen2).
@@ -81,7 +67,9 @@ PRESETS: Mapping[str, ModelSpec] = MappingProxyType({name: _preset(name, *row) f
 
 
 def _supported() -> str:
-    return f"presets: {', '.join(PRESETS)}; families: {', '.join(FAMILIES)}"
+    from diag.twins.families import family_names
+
+    return f"presets: {', '.join(PRESETS)}; families: {', '.join(family_names())}"
 
 
 def resolve_model(name_or_path: str) -> ModelSpec:
@@ -160,76 +148,29 @@ def _from_file(name: str, path: Path) -> ModelSpec:
         config = check_config(reader.load_json(path), reader.name(path))
     except reader.InputError as exc:
         raise UnknownModel(f"--model {name}: {exc}") from None
-    if "mm_vision_tower" in config:
-        config = _from_llava_repo(name, config)  # a flat LM config: its layer count was checked above
-    family = family_of(config)
+    from diag.twins.families import family_for
+
+    family = family_for(config)
     if family is None:
         raise UnknownModel(
             f"--model {name}: model_type {config.get('model_type')!r} / architectures "
             f"{config.get('architectures')} is not a supported family ({_supported()})"
         )
-    if family == "internvl-chat":
-        llm = config.get("llm_config") or {}
-        arch = (llm.get("architectures") or ["InternLM2ForCausalLM"])[0]
-        if arch not in INTERNVL_LANGUAGE_MODELS:
-            raise UnknownModel(
-                f"--model {name}: InternVL with a {arch} language model is not supported "
-                f"(supported: {', '.join(INTERNVL_LANGUAGE_MODELS)})"
-            )
+    try:
+        config = family.checkpoint_config(config)  # a repository's own format converted (LLaVA's)
+    except ValueError as exc:
+        raise UnknownModel(f"--model {name}: {exc}") from None
+    family = family_for(config) or family
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
-    return ModelSpec(name, family, MappingProxyType(config), (), dtype, source="config", config_path=str(path))
+    return ModelSpec(name, family.name, MappingProxyType(config), (), dtype, source="config", config_path=str(path))
 
 
 def family_of(config: Mapping[str, Any]) -> str | None:
-    """The family a config.json describes, from `architectures` first, then `model_type`."""
-    architectures = config.get("architectures") or ()
-    for arch in [architectures] if isinstance(architectures, str) else architectures:
-        if isinstance(arch, str) and arch in _BY_ARCHITECTURE:
-            return _BY_ARCHITECTURE[arch]
-    return _BY_MODEL_TYPE.get(str(config.get("model_type")))
+    """The name of the family a config.json describes (diag.twins.families.family_for), or None."""
+    from diag.twins.families import family_for
 
-
-def _from_llava_repo(name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The HF-format equivalent of a LLaVA-repository config (LlavaLlamaForCausalLM & co.).
-
-    Its language model is the flat config; its tower is CLIP ViT-L/14 (336 or 224 px, as `mm_vision_tower`
-    names it) and its `mlp2x_gelu` projector is HF's `multi_modal_projector`. Image positions are marked with
-    -200 outside the vocabulary there; the twin marks them with the last vocabulary id. Module names are
-    transformers' (LlavaForConditionalGeneration), not the LLaVA repository's (`model.mm_projector`).
-    """
-    arch = (config.get("architectures") or [""])[0]
-    tower = str(config.get("mm_vision_tower", ""))
-    lm_type = _LLAVA_REPO_LM.get(arch)
-    if lm_type is None or "clip-vit-large-patch14" not in tower:
-        raise UnknownModel(
-            f"--model {name}: LLaVA-repository config with {arch or 'no architecture'} and tower {tower!r} "
-            f"is not supported (LLaVA with Llama/Mistral/Qwen2 and CLIP ViT-L/14; {_supported()})"
-        )
-    vision = copy.deepcopy(PRESET_TABLE["llava-1.5-7b"][1]["vision_config"])
-    if not tower.endswith("336"):
-        vision["image_size"] = 224
-    text = {k: v for k, v in config.items() if not k.startswith(("mm_", "image_")) and k != "architectures"}
-    text.update(model_type=lm_type, architectures=[arch.replace("Llava", "", 1)])
-    vocab = int(text.get("vocab_size", 32000))
-    anyres = "anyres" in str(config.get("image_aspect_ratio", ""))
-    out: dict[str, Any] = {
-        "model_type": "llava_next" if anyres else "llava",
-        "architectures": ["LlavaNextForConditionalGeneration" if anyres else "LlavaForConditionalGeneration"],
-        "text_config": text,
-        "vision_config": vision,
-        "image_token_index": vocab - 1,
-        "projector_hidden_act": "gelu",
-        "vision_feature_layer": int(config.get("mm_vision_select_layer", -2)),
-        "vision_feature_select_strategy": "full"
-        if config.get("mm_vision_select_feature") == "cls_patch"
-        else "default",
-        "torch_dtype": config.get("torch_dtype"),
-    }
-    if anyres:
-        out["image_grid_pinpoints"] = (
-            config.get("image_grid_pinpoints") or PRESET_TABLE["llava-v1.6-34b"][1]["image_grid_pinpoints"]
-        )
-    return out
+    family = family_for(config)
+    return None if family is None else family.name
 
 
 def preset_for_checkpoint(pretrained: str) -> ModelSpec | None:

@@ -37,6 +37,8 @@ class Family:
     mirrors: ClassVar[str | None] = None
     # Lower runs first when several families claim a config (a generic fallback family sets a high value).
     priority: ClassVar[int] = 100
+    # VLMEvalKit builds its own map for this family when AUTO_SPLIT=1 is set (InternVL's split_model).
+    vlmevalkit_auto_split: ClassVar[bool] = False
 
     def claims(self, config: Mapping[str, Any]) -> bool:
         """True when this family builds the config (default: its architectures, then its model types)."""
@@ -45,6 +47,15 @@ class Family:
         if any(a in self.architectures for a in names):
             return True
         return str(config.get("model_type")) in self.model_types
+
+    def checkpoint_config(self, config: Mapping[str, Any]) -> Config:
+        """The config.json of a checkpoint in the form `build` takes (a repository's own format converted, as the
+        LLaVA repository's); ValueError with a one-line reason when this family cannot build that checkpoint."""
+        return dict(config)
+
+    def loader_for(self, config: Mapping[str, Any]) -> str:
+        """The transformers class a loading snippet names for this config (default: `loader`)."""
+        return self.loader
 
     def unavailable(self, config: Mapping[str, Any]) -> str | None:
         """Why the installed transformers cannot build this config (one line), or None when it can."""
@@ -83,7 +94,7 @@ class Family:
 
 _REGISTRY: dict[str, Family] = {}
 # The family modules, imported once on first use (each registers its family).
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = ("llava", "qwen_vl", "internvl_chat", "cogvlm", "generic")
 
 
 def register(cls: type[Family]) -> type[Family]:
@@ -116,4 +127,9 @@ def family_for(config: Mapping[str, Any]) -> Family | None:
     return next((f for f in families() if f.claims(config)), None)
 
 
-__all__ = ["Config", "Family", "Inputs", "families", "family_for", "family_named", "register"]
+def family_names() -> tuple[str, ...]:
+    """The names of every registered family, in the order they are asked."""
+    return tuple(f.name for f in families())
+
+
+__all__ = ["Config", "Family", "Inputs", "families", "family_for", "family_named", "family_names", "register"]
