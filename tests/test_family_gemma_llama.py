@@ -174,8 +174,10 @@ def test_mllama_has_its_cross_attention_layers_where_the_config_puts_them(name: 
     assert where == list(range(3, layout.num_layers, 5)) and len(where) == cross
 
 
-@pytest.mark.parametrize(("name", "experts", "moe_layers"), [("llama-4-scout", 16, list(range(48))),
-                                                               ("llama-4-maverick", 128, list(range(1, 48, 2)))])  # fmt: skip
+LLAMA4_MOE = [("llama-4-scout", 16, list(range(48))), ("llama-4-maverick", 128, list(range(1, 48, 2)))]
+
+
+@pytest.mark.parametrize(("name", "experts", "moe_layers"), LLAMA4_MOE)
 def test_llama4_has_its_experts_in_the_published_layers(name: str, experts: int, moe_layers: list[int]) -> None:
     model = _meta(name)
     layout = language_model_layout(model)

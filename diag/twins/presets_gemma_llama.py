@@ -96,6 +96,10 @@ _MLLAMA_VISION: Config = {
 }
 
 
+_LLAMA31_ROPE: Config = {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"}  # fmt: skip
+
+
 def _mllama(hidden: int, intermediate: int, layers: int, heads: int, instruct: bool) -> Config:
     return {
         "model_type": "mllama",
@@ -114,8 +118,7 @@ def _mllama(hidden: int, intermediate: int, layers: int, heads: int, instruct: b
             "max_position_embeddings": 131072,
             "rms_norm_eps": 1e-05,
             "rope_theta": 500000.0,
-            "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                             "original_max_position_embeddings": 8192, "rope_type": "llama3"},  # fmt: skip
+            "rope_scaling": dict(_LLAMA31_ROPE),
             "tie_word_embeddings": False,
             "bos_token_id": 128000,
             "eos_token_id": [128001, 128008, 128009] if instruct else 128001,

@@ -94,5 +94,4 @@ def _inputs(model: nn.Module, generator: torch.Generator, images: int) -> Inputs
     return inputs
 
 
-
 __all__ = ["Gemma3"]
