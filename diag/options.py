@@ -138,6 +138,15 @@ def add_options(parser: pytest.Parser) -> None:
         help="a preset (internvl2-76b, …) or a local model folder / config.json",
     )
     group.addoption(
+        "--trust-remote-code",
+        action="store_true",
+        default=False,
+        help="build a checkpoint that ships its own modelling code (config.json auto_map) from that code, as "
+        "from_pretrained(trust_remote_code=True) does: it runs in this process (offline, from the checkpoint folder "
+        "or the local HF cache). Without it none of that code runs: diag's own twin stands in where it has one, "
+        "else the memory and same-device checks skip (docs/security.md)",
+    )
+    group.addoption(
         "--device-map",
         type=_device_map,
         default=None,
@@ -205,6 +214,7 @@ class DiagOptions:
     eval_kit: str | None = None
     eval_model: str | None = None
     eval_command: tuple[str, ...] | None = None
+    trust_remote_code: bool = False
 
     @property
     def kit(self) -> str | None:
@@ -215,7 +225,7 @@ class DiagOptions:
 
     @property
     def any_given(self) -> bool:
-        return any(v is not None for v in vars(self).values())
+        return any(v is not None and v is not False for v in vars(self).values())
 
 
 def read_options(config: pytest.Config) -> DiagOptions:
@@ -231,6 +241,7 @@ def read_options(config: pytest.Config) -> DiagOptions:
         eval_kit=config.getoption("eval_kit"),
         eval_model=config.getoption("eval_model"),
         eval_command=config.getoption("eval_command"),
+        trust_remote_code=bool(config.getoption("trust_remote_code", False)),
     )
     if options.simulate and options.topology:
         raise pytest.UsageError("--simulate and --topology both describe the node: give one of them")

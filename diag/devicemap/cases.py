@@ -41,6 +41,14 @@ class MapCase:
 
 
 def _models(options: DiagOptions) -> tuple[list[ModelSpec], str | None]:
+    """The models to check (built from the checkpoint's own code where the user consented), or why there is none."""
+    from diag.twins.remote import with_consent
+
+    models, problem = _resolved(options)
+    return [with_consent(m, options.trust_remote_code) for m in models], problem
+
+
+def _resolved(options: DiagOptions) -> tuple[list[ModelSpec], str | None]:
     from diag.devicemap.model_args import ModelArgsError, pretrained_from_model_args
     from diag.twins import PRESETS, UnknownModel, model_for_checkpoint, resolve_model
 
@@ -63,7 +71,7 @@ def _models(options: DiagOptions) -> tuple[list[ModelSpec], str | None]:
     return [PRESETS[name] for name in DEFAULT_MODELS], None
 
 
-def _source(options: DiagOptions, model: ModelSpec, topology: Topology, env: Mapping[str, str]) -> MapCase:
+def _source(options: DiagOptions, model: ModelSpec | None, topology: Topology, env: Mapping[str, str]) -> MapCase:
     from diag.devicemap.model_args import ModelArgsError, device_map_for_process, device_map_from_model_args
     from diag.devicemap.sources import parse_device_map_option
     from diag.layout import local_processes, local_rank
@@ -74,11 +82,11 @@ def _source(options: DiagOptions, model: ModelSpec, topology: Topology, env: Map
         try:
             source = device_map_from_model_args(options.model_args or "", options.eval_model)
         except ModelArgsError as exc:
-            return MapCase(f"{model.name}-model-args", model, None, str(exc), "MAP-009")
+            return MapCase(f"{_name(model)}-model-args", model, None, str(exc), "MAP-009")
         if source is not None:
             processes = local_processes(options.processes, env).count
             return _case(model, device_map_for_process(source, processes, local_rank(env) or 0))
-    if env.get("AUTO_SPLIT") == "1" and model.family == "internvl-chat":
+    if env.get("AUTO_SPLIT") == "1" and model is not None and model.family == "internvl-chat":
         if options.processes is not None:  # --processes stands for the launcher's LOCAL_WORLD_SIZE
             env = {**env, "LOCAL_WORLD_SIZE": str(options.processes)}
         try:
@@ -110,13 +118,17 @@ def auto_split_source(
     return split_source(plan)
 
 
-def _case(model: ModelSpec, source: DeviceMapSource) -> MapCase:
+def _case(model: ModelSpec | None, source: DeviceMapSource) -> MapCase:
     label = {"--device-map": "device-map", "--model-args": "model-args", "AUTO_SPLIT": "auto-split"}.get(
         source.origin, str(source.value)
     )
     if source.origin == "--device-map" and source.kind in ("strategy", "device", "int"):
         label = str(source.value)
-    return MapCase(f"{model.name}-{_slug(label)}", model, source)
+    return MapCase(f"{_name(model)}-{_slug(label)}", model, source)
+
+
+def _name(model: ModelSpec | None) -> str:
+    return model.name if model is not None else "model"
 
 
 def _slug(text: str) -> str:
@@ -127,8 +139,9 @@ def map_cases(options: DiagOptions, topology: Topology, env: Mapping[str, str] |
     """Every (model, map) the device-map checks run on; problems become cases that fail with their reason."""
     environ = os.environ if env is None else env
     models, problem = _models(options)
-    if problem:
-        return [MapCase("model", None, None, problem, None)]
+    if problem:  # no model: the map itself is still checked (its string, its GPUs); the model checks skip
+        case = _source(options, None, topology, environ)
+        return [replace(case, problem=case.problem or problem, problem_code=case.problem_code)]
     slices = _vlmevalkit_slices(options, topology, environ)
     if slices:
         return [_slice_case(options, model, topology, environ, piece, len(slices)) for piece in slices

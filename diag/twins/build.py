@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diag.twins import hf
+from diag.twins import hf, remote
 from diag.twins.cogvlm import LANGUAGE_TOKEN_TYPE, VISION_TOKEN_TYPE, CogVLMConfig, CogVLMForCausalLM
 from diag.twins.cogvlm import vision_token_count as cogvlm_vision_tokens
 from diag.twins.internvl import InternVLChatConfig, InternVLChatModel
@@ -56,6 +56,8 @@ def _construct_with_default_dtype(family: str, config: Mapping[str, Any], dtype:
 
 def build_meta(spec: ModelSpec) -> nn.Module:
     """Full width, every parameter and buffer on the meta device (no storage), in the checkpoint's dtype, eval mode."""
+    if spec.code == "remote":  # the checkpoint's own code: only with --trust-remote-code (diag/twins/remote.py)
+        return remote.build_meta(spec)
     with torch.device("meta"):
         model = _construct_with_default_dtype(spec.family, spec.config, _checkpoint_dtype(spec.dtype))
     return model.eval()
@@ -63,6 +65,8 @@ def build_meta(spec: ModelSpec) -> nn.Module:
 
 def build_tiny(spec: ModelSpec, *, seed: int = 0) -> nn.Module:
     """Same module names and layer counts, tiny widths, real float32 CPU weights drawn from `seed`, eval mode."""
+    if spec.code == "remote":
+        return remote.build_tiny(spec, seed=seed)
     config = TINY[spec.family](spec.config)
     state = torch.random.get_rng_state()
     try:
@@ -75,6 +79,8 @@ def build_tiny(spec: ModelSpec, *, seed: int = 0) -> nn.Module:
 
 def example_inputs(spec: ModelSpec, model: nn.Module) -> dict[str, torch.Tensor]:
     """A valid batch for a tiny twin, on the CPU: one image and a short prompt with its image tokens."""
+    if spec.code == "remote":
+        return remote.example_inputs(spec, model)
     generator = torch.Generator().manual_seed(0)
     if spec.family == "llava":
         return hf.llava_inputs(model, generator)  # type: ignore[arg-type]
