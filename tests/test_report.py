@@ -96,13 +96,13 @@ def test_fix_code_docs_are_in_step_with_the_catalog():
 def test_every_code_the_checks_use_is_in_the_catalog():
     used = set()
     for path in [*REPO.joinpath("checks").glob("*.py"), *REPO.joinpath("diag").rglob("*.py")]:
-        used |= set(re.findall(r"\b(?:ENV|MAP|SPLIT|FWD|MEM|LAYOUT|DIST|DIAG)-\d{3}\b", path.read_text()))
+        used |= set(re.findall(r"\b(?:ENV|MAP|SPLIT|FWD|MEM|LAYOUT|DIST|MODEL|DIAG)-\d{3}\b", path.read_text()))
     assert used and used <= set(CATALOG)
 
 
 def test_every_catalog_entry_has_a_cause_and_a_fix():
     for fix in CATALOG.values():
-        assert re.fullmatch(r"(ENV|MAP|SPLIT|FWD|MEM|LAYOUT|DIST|DIAG)-\d{3}", fix.code)
+        assert re.fullmatch(r"(ENV|MAP|SPLIT|FWD|MEM|LAYOUT|DIST|MODEL|DIAG)-\d{3}", fix.code)
         assert fix.title and fix.cause.endswith(".") and fix.fix
 
 

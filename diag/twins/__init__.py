@@ -4,7 +4,8 @@ A twin has the real model's dotted module names, layer counts, `_no_split_module
 HF-native families (LLaVA, LLaVA-NeXT, Qwen2-VL) are the installed transformers' own classes; families that
 ship remote code (InternVL-Chat, CogVLM) are this package's modules mirroring upstream's names and the steps of
 forward and generate that depend on devices, built on transformers' classes where upstream builds on them.
-Nothing is downloaded and no remote code runs.
+Nothing is downloaded. A checkpoint's own remote code runs only with the user's consent (`--trust-remote-code`,
+diag/twins/remote.py).
 """
 
 from __future__ import annotations
