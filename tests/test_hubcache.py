@@ -95,6 +95,14 @@ def test_a_checkpoint_not_in_the_cache_falls_back_to_the_preset_and_says_so(cach
 
 def test_a_cached_config_of_a_family_diag_cannot_build_names_it(cache: Path, no_network: None) -> None:
     lay_out(cache, "Qwen/Qwen2.5-VL-7B-Instruct", {"model_type": "qwen2_5_vl", "architectures": ["Qwen2_5_VL"]})
+    from diag.twins import remote
+
+    if not remote.model_type_known("qwen2_5_vl"):  # transformers 4.45: the eval cannot load it either (MODEL-002)
+        spec = resolve_model("Qwen/Qwen2.5-VL-7B-Instruct")
+        assert (spec.family, spec.code, spec.source) == (remote.UNKNOWN, "none", "hub-cache")
+        problem = remote.code_problem(spec)
+        assert problem is not None and problem.code == "MODEL-002" and "'qwen2_5_vl'" in problem.message
+        return
     with pytest.raises(UnknownModel, match="model_type 'qwen2_5_vl'"):
         resolve_model("Qwen/Qwen2.5-VL-7B-Instruct")
 
