@@ -21,21 +21,26 @@ from diag.session import state_of
 pytestmark = pytest.mark.diag
 
 
-def _message(verdict: Verdict, map_text: str) -> str:
+def _message(verdict: Verdict, map_text: str, code: str = "installed") -> str:
     first = verdict.result
     where = f" in {first.module}" if first.module else ""
     op = f" ({first.op})" if first.op else ""
     cause = verdict.cause.explanation if verdict.cause else ""
-    return f"{map_text}: the twin fails in {first.stage}{where}{op}: {first.error}. Cause: {cause}"
+    who = "the checkpoint's own code (at tiny width)" if code == "remote" else "the twin"
+    return f"{map_text}: {who} fails in {first.stage}{where}{op}: {first.error}. Cause: {cause}"
 
 
 def test_twin_runs_with_the_map(
     twin_case: tuple[MapCase, bool], meta_model: torch.nn.Module, plan_view: PlanView, check: Check,
     report_dir: Path, request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
+    from diag.twins.remote import cached_problem, twin_note
+
     case, forced = twin_case
     case_topology = plan_view.topology
     assert case.model is not None and case.source is not None
+    if case.model.code == "remote" and (problem := cached_problem(case.model)) is not None:
+        pytest.skip(f"{problem.code}: {problem.message} (see test_model_code_runs_here)")
     visible = len(case_topology.cuda.devices)
     if visible == 0:
         pytest.skip("no GPU is visible to this process (see the environment checks)")
@@ -64,8 +69,9 @@ def test_twin_runs_with_the_map(
     path = write_map(report_dir, f"{case.id}{'-forced' if forced else ''}-fixed", verdict.fixed_map) if (
         verdict.fixed_map is not None) else None  # fmt: skip
     if verdict.verified and path:
-        summary = (f"Use the map diag wrote to {path} ({', '.join(verdict.cause.modules) or 'see details'}); the twin "
-                   f"re-ran with it and passed.{plan_view.note()}")  # fmt: skip
+        ran = "model" if case.model.code == "remote" else "twin"
+        summary = (f"Use the map diag wrote to {path} ({', '.join(verdict.cause.modules) or 'see details'}); the "
+                   f"{ran} re-ran with it and passed.{plan_view.note()}")  # fmt: skip
     elif path:
         summary = (
             f"diag's candidate map {path} did not pass either ({verdict.fixed_result and verdict.fixed_result.error})."
@@ -77,7 +83,10 @@ def test_twin_runs_with_the_map(
     # Inputs on a GPU the map leaves empty: the fix selects the map's GPUs by their nvidia-smi numbers.
     select = select_gpus_fix(verdict.cause, case.source, case_topology, path) if verdict.verified else None
     kit = state_of(request.config).options.kit
-    check.fail(verdict.cause.code, _message(verdict, map_text), select[0] if select else summary,
+    message = _message(verdict, map_text, case.model.code)
+    if case.model.code == "twin":
+        message += f" ({twin_note(case.model)})"
+    check.fail(verdict.cause.code, message, select[0] if select else summary,
                subject=verdict.result.module or case.model.name, device_map_file=path, verified=verdict.verified,
                commands=map_fix_lines(case.model, path, kit) if path and not select else [],
                env=select[1] if select else plan_view.env,

@@ -1,10 +1,12 @@
 """The fix catalog: one stable code per cause, with the fix and the public threads it rests on.
 
-Codes are grouped by area (ENV, MAP, SPLIT, FWD, MEM, LAYOUT, DIST, KIT, BACKEND, DIAG) and never renumbered;
-docs/fix-codes.md is generated from this table (`python -m diag fix-codes`) and a test keeps the two in step. The
-newest areas: DIST (the collective check across ranks and nodes, and launcher timeouts), KIT (the eval kit itself:
-which of its versions or classes decides, and whether its installed code could be run) and BACKEND (the vLLM,
-SGLang and LMDeploy engines an eval starts: parallel sizes, heads, memory fraction, start method, device entries).
+Codes are grouped by area (ENV, MAP, SPLIT, FWD, MEM, LAYOUT, DIST, MODEL, KIT, BACKEND, DIAG) and never
+renumbered; docs/fix-codes.md is generated from this table (`python -m diag fix-codes`) and a test keeps the two in
+step. The newest areas: DIST (the collective check across ranks and nodes, and launcher timeouts), MODEL (whether
+the installed transformers can load the model at all, and whose code a verdict rests on: the checkpoint's own or
+diag's twin), KIT (the eval kit itself: which of its versions or classes decides, and whether its installed code
+could be run) and BACKEND (the vLLM, SGLang and LMDeploy engines an eval starts: parallel sizes, heads, memory
+fraction, start method, device entries).
 """
 
 from __future__ import annotations
@@ -735,6 +737,52 @@ _CATALOG: tuple[FixCode, ...] = (
         "version, a typo) stops the eval with `ValueError: Model ... not found` before anything loads.",
         "Use a --model name the installed lmms-eval lists, or update lmms-eval to a version that has the class.",
         ("https://github.com/EvolvingLMMs-Lab/lmms-eval/blob/main/lmms_eval/models/__init__.py",),
+    ),
+    FixCode(
+        "MODEL-001",
+        "The checkpoint's own code does not build or run on the installed transformers",
+        "The checkpoint ships its modelling code (config.json `auto_map`) and that code, run with "
+        "`--trust-remote-code` as the eval runs it with trust_remote_code=True, fails here before any device "
+        "matters: an import the installed transformers no longer has, a model class without GenerationMixin (no "
+        "`generate` on transformers 5), a missing `post_init()` (`AttributeError: ... all_tied_weights_keys` when "
+        "planning or loading), a keyword the installed `generate` rejects. The eval fails the same way.",
+        "Run the eval with the transformers release the checkpoint was saved with (config.json "
+        "`transformers_version`, the message names it), or use a native port the installed transformers loads "
+        "without remote code (InternVL: the OpenGVLab `-hf` checkpoints).",
+        (
+            "https://huggingface.co/docs/transformers/custom_models",
+            "https://github.com/OpenGVLab/InternVL/pull/1100",
+        ),
+    ),
+    FixCode(
+        "MODEL-002",
+        "The installed transformers does not know the model's model_type",
+        "config.json names a `model_type` that the installed transformers does not register (its CONFIG_MAPPING) "
+        "and has no `auto_map` to load code from: from_pretrained raises before loading, so the eval cannot load "
+        "the model either (Qwen2.5-VL on transformers 4.45, for instance).",
+        "Upgrade transformers to the release that wrote the config (config.json `transformers_version`, the "
+        "message names it) or newer: `pip install 'transformers>=X.Y.Z'`.",
+        ("https://huggingface.co/docs/transformers/model_doc/auto",),
+    ),
+    FixCode(
+        "MODEL-003",
+        "diag has no model it may build: the memory and same-device checks skip",
+        "The model is not one diag can build here: the checkpoint's config is not on this machine and diag has no "
+        "preset for it, or the checkpoint ships its own code and `--trust-remote-code` was not given (without it "
+        "none of that code runs) and diag has no twin of it. The checks that need no model still run.",
+        "Give diag the model: `--model path/to/checkpoint` (or its config.json), or a hub id whose snapshot is in "
+        "the local Hugging Face cache; for a checkpoint with its own code add `--trust-remote-code`.",
+        ("https://huggingface.co/docs/huggingface_hub/guides/manage-cache",),
+    ),
+    FixCode(
+        "MODEL-004",
+        "The verdict rests on diag's hand-written twin, not the checkpoint's own code",
+        "The checkpoint ships its own code, which was not run: diag's twin of the family (diag/twins/internvl.py, "
+        "cogvlm.py) mirrors one upstream revision in its device-sensitive steps only. The checkpoint's code may be "
+        "another revision and may not even run on the installed transformers (MODEL-001).",
+        "Run the checks with the checkpoint on the node (`--model` its folder, or its snapshot in the Hugging Face "
+        "cache) and `--trust-remote-code`; `python -m diag run` adds it when the eval itself runs that code.",
+        ("https://huggingface.co/docs/transformers/custom_models",),
     ),
 )
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from diag.devicemap.cases import MapCase
     from diag.twins import ModelSpec
 
+MODEL_CHECK = "see test_model_code_runs_here"
 NVML_SKIP = "NVML did not answer, so this cannot be checked (see test_nvidia_driver_and_nvml_answer, ENV-001)"
 
 
@@ -54,17 +55,33 @@ def check(request: pytest.FixtureRequest) -> Check:
     own (`source` "hub-cache" or "config", with its path) or diag's preset standing in for it ("preset")."""
     check = Check(request.node.user_properties)
     params = getattr(getattr(request.node, "callspec", None), "params", {})
-    case = params.get("map_case") or (params.get("twin_case") or (None,))[0]
+    case = params.get("map_case") or params.get("model_case") or (params.get("twin_case") or (None,))[0]
     model = getattr(case, "model", None)
     if model is not None:
-        check.record("model", {"name": model.name, "family": model.family, "source": model.source,
-                               "config_path": model.config_path})  # fmt: skip
+        check.record("model", model_data(model))
     return check
+
+
+def model_data(model: ModelSpec) -> dict[str, object]:
+    """`data.model` of a check: which config and whose code its verdict rests on (`code`: "installed", "twin",
+    "remote" or "none"), with a note when it is diag's hand-written twin rather than the checkpoint's own code."""
+    from diag.twins.remote import twin_note
+
+    data: dict[str, object] = {"name": model.name, "family": model.family, "source": model.source,
+                               "config_path": model.config_path, "code": model.code}  # fmt: skip
+    if model.code_dir is not None:
+        data["code_dir"] = model.code_dir
+    if model.code == "twin":
+        data["note"] = twin_note(model)
+    return data
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """`selected_gpu` runs a check once per selected GPU that exists, with ids like `gpu4`."""
     own = inspect.signature(metafunc.function).parameters  # `map_case` (a fixture) also reaches `twin_case`
+    if "model_case" in own:  # one run per model (not per map): whether the model builds and runs here at all
+        cases = list({(c.model.name if c.model else ""): c for c in state_of(metafunc.config).map_cases}.values())
+        metafunc.parametrize("model_case", cases, ids=[c.model.name if c.model else "model" for c in cases])
     if "twin_case" in own:
         twins = twin_cases(state_of(metafunc.config))
         ids = [f"{c.model.name}-forced" if forced and c.model else c.id for c, forced in twins]
@@ -139,15 +156,22 @@ def plan_view(
 @pytest.fixture
 def meta_model(request: pytest.FixtureRequest, map_case: MapCase) -> torch.nn.Module:
     """The full-width model of the case on the meta device, in the eval's dtype; built once per model."""
-    if map_case.model is None:
-        pytest.skip(map_case.problem or "no model")
+    from diag.twins.remote import ModelCodeError
+
+    spec = map_case.model
+    if spec is None:
+        pytest.skip(f"{map_case.problem or 'no model'} ({MODEL_CHECK} says how to give diag the model, MODEL-003)")
+    if spec.code == "none":
+        pytest.skip(f"{spec.name}: diag may build nothing of it ({MODEL_CHECK} says why)")
     state = state_of(request.config)
     try:
-        return state.meta_model(map_case.model, model_dtype(state.options.model_args, map_case.model))
+        return state.meta_model(spec, model_dtype(state.options.model_args, spec))
+    except ModelCodeError as exc:
+        pytest.skip(f"{spec.name}: the checkpoint's own code does not build here ({exc}; MODEL-001, {MODEL_CHECK})")
     except Exception as exc:  # the config does not build: every check of this model says so (FWD-008)
         Check(request.node.user_properties).fail(
-            "FWD-008", f"{map_case.model.name}: the model does not build from its config: {type(exc).__name__}: {exc}",
-            subject=map_case.model.name)  # fmt: skip
+            "FWD-008", f"{spec.name}: the model does not build from its config: {type(exc).__name__}: {exc}",
+            subject=spec.name)  # fmt: skip
 
 
 def model_dtype(model_args: str | None, spec: ModelSpec) -> str:

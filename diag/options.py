@@ -168,6 +168,15 @@ def add_options(parser: pytest.Parser) -> None:
         help="a preset (internvl2-76b, …) or a local model folder / config.json",
     )
     group.addoption(
+        "--trust-remote-code",
+        action="store_true",
+        default=False,
+        help="build a checkpoint that ships its own modelling code (config.json auto_map) from that code, as "
+        "from_pretrained(trust_remote_code=True) does: it runs in this process (offline, from the checkpoint folder "
+        "or the local HF cache). Without it none of that code runs: diag's own twin stands in where it has one, "
+        "else the memory and same-device checks skip (docs/security.md)",
+    )
+    group.addoption(
         "--device-map",
         type=_device_map,
         default=None,
@@ -248,6 +257,7 @@ class DiagOptions:
     eval_command: tuple[str, ...] | None = None
     backend: str | None = None
     eval_kit_version: str | None = None
+    trust_remote_code: bool = False
 
     @property
     def kit(self) -> str | None:
@@ -258,7 +268,7 @@ class DiagOptions:
 
     @property
     def any_given(self) -> bool:
-        return any(v is not None for v in vars(self).values())
+        return any(v is not None and v is not False for v in vars(self).values())
 
 
 def read_options(config: pytest.Config) -> DiagOptions:
@@ -276,6 +286,7 @@ def read_options(config: pytest.Config) -> DiagOptions:
         eval_command=config.getoption("eval_command"),
         backend=config.getoption("backend"),
         eval_kit_version=config.getoption("eval_kit_version"),
+        trust_remote_code=bool(config.getoption("trust_remote_code", False)),
     )
     if options.simulate and options.topology:
         raise pytest.UsageError("--simulate and --topology both describe the node: give one of them")

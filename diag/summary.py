@@ -9,8 +9,9 @@ The order follows the root cause, so the first line is the one to act on:
 1. failures before warnings (a failure stops the eval; a warning is a risk);
 2. within each, by area, the cause before its consequences:
    environment (ENV: driver, missing GPU, torch build, busy GPU, …) before the launch across ranks (DIST) before
-   the process layout (LAYOUT) before the device map (MAP, SPLIT) before memory (MEM) before what the
-   same-device run found (FWD), and diag's own errors (DIAG) last; an unknown area goes after DIAG;
+   the process layout (LAYOUT) before whether the model loads here at all (MODEL) before the device map (MAP,
+   SPLIT) before memory (MEM) before what the same-device run found (FWD), and diag's own errors (DIAG) last; an
+   unknown area goes after DIAG;
 3. within an area by code number (ENV-001, no driver, before ENV-002, a missing GPU, before ENV-006, a busy one),
    then in the order the checks ran.
 """
@@ -22,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-AREA_ORDER = ("ENV", "DIST", "LAYOUT", "KIT", "MAP", "SPLIT", "BACKEND", "MEM", "FWD", "DIAG")
+AREA_ORDER = ("ENV", "DIST", "LAYOUT", "MODEL", "KIT", "MAP", "SPLIT", "BACKEND", "MEM", "FWD", "DIAG")
 NEXT_STEP = "next step: "
 
 

@@ -230,3 +230,11 @@ def test_the_generic_shrink_keeps_layers_experts_mrope_and_ties() -> None:
     assert tiny_native(config, experts=None)["text_config"]["num_experts"] == 128
     assert config["text_config"]["num_experts"] == 128  # the input is not changed
     assert copy.deepcopy(config) == config
+
+
+def test_the_twin_families_of_spec_are_the_families_that_mirror_upstream_code() -> None:
+    """spec.TWIN_FAMILIES (needed before the registry loads) names exactly the families with a hand-written twin."""
+    from diag.twins.families import families
+    from diag.twins.spec import TWIN_FAMILIES
+
+    assert set(TWIN_FAMILIES) == {f.name for f in families() if f.mirrors is not None}

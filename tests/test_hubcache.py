@@ -113,4 +113,4 @@ def test_the_report_says_which_config_each_verdict_rests_on(run_checks, cache: P
                      target="checks/test_devicemap.py")  # fmt: skip
     models = [c["data"]["model"] for c in run.report["checks"] if "model" in c.get("data", {})]
     assert models and all(m == {"name": LLAVA, "family": "llava", "source": "hub-cache",
-                                "config_path": str(snapshot)} for m in models)  # fmt: skip
+                                "config_path": str(snapshot), "code": "installed"} for m in models)  # fmt: skip

@@ -48,6 +48,14 @@ class MapCase:
 
 
 def _models(options: DiagOptions) -> tuple[list[ModelSpec], str | None]:
+    """The models to check (built from the checkpoint's own code where the user consented), or why there is none."""
+    from diag.twins.remote import with_consent
+
+    models, problem = _resolved(options)
+    return [with_consent(m, options.trust_remote_code) for m in models], problem
+
+
+def _resolved(options: DiagOptions) -> tuple[list[ModelSpec], str | None]:
     from diag.devicemap.model_args import ModelArgsError, pretrained_from_model_args
     from diag.twins import PRESETS, UnknownModel, model_for_checkpoint, resolve_model
 
@@ -70,7 +78,7 @@ def _models(options: DiagOptions) -> tuple[list[ModelSpec], str | None]:
     return [PRESETS[name] for name in DEFAULT_MODELS], None
 
 
-def _source(options: DiagOptions, model: ModelSpec, topology: Topology, env: Mapping[str, str]) -> MapCase:
+def _source(options: DiagOptions, model: ModelSpec | None, topology: Topology, env: Mapping[str, str]) -> MapCase:
     from diag.devicemap.model_args import ModelArgsError, device_map_for_process, device_map_from_model_args
     from diag.devicemap.sources import parse_device_map_option
     from diag.layout import local_processes, local_rank
@@ -87,7 +95,7 @@ def _source(options: DiagOptions, model: ModelSpec, topology: Topology, env: Map
                     return found
             source = device_map_from_model_args(options.model_args or "", None)
         except ModelArgsError as exc:
-            return MapCase(f"{model.name}-model-args", model, None, str(exc), "MAP-009")
+            return MapCase(f"{_name(model)}-model-args", model, None, str(exc), "MAP-009")
         if source is not None:
             return _case(model, device_map_for_process(source, processes, local_rank(env) or 0))
     if options.kit == "vlmevalkit" or env.get("AUTO_SPLIT") == "1":
@@ -98,7 +106,7 @@ def _source(options: DiagOptions, model: ModelSpec, topology: Topology, env: Map
 
 
 def _lmms_eval_case(
-    options: DiagOptions, model: ModelSpec, topology: Topology, env: Mapping[str, str], processes: int
+    options: DiagOptions, model: ModelSpec | None, topology: Topology, env: Mapping[str, str], processes: int
 ) -> MapCase | None:
     """The lmms-eval class's verdict: the installed class run with its loaders intercepted, else the emulation."""
     from diag.devicemap.model_args import parse_model_args
@@ -115,7 +123,7 @@ def _lmms_eval_case(
 
 
 def _vlmevalkit_case(
-    options: DiagOptions, model: ModelSpec, topology: Topology, env: Mapping[str, str]
+    options: DiagOptions, model: ModelSpec | None, topology: Topology, env: Mapping[str, str]
 ) -> MapCase | None:
     """VLMEvalKit's verdict for this process: its installed model class in this view, else the emulation."""
     from diag.kits.vlmeval import build_installed_model, emulated_internvl, find_checkout, vlmevalkit_kit
@@ -140,7 +148,7 @@ def _vlmevalkit_case(
     elif checkout is not None:
         from diag.kits import emulated
 
-        kit = emulated("vlmevalkit", options.eval_kit_version, f"{model.name} has no VLMEvalKit name diag knows")
+        kit = emulated("vlmevalkit", options.eval_kit_version, f"{_name(model)} has no VLMEvalKit name diag knows")
     if not _auto_split_family(model):
         return None
     if options.processes is not None and "LOCAL_WORLD_SIZE" not in env:  # --processes stands for LOCAL_WORLD_SIZE
@@ -149,7 +157,7 @@ def _vlmevalkit_case(
     return None if found is None else _from_verdict(options, model, found, "auto-split")
 
 
-def _vlmevalkit_name(options: DiagOptions, model: ModelSpec, env: Mapping[str, str]) -> str | None:
+def _vlmevalkit_name(options: DiagOptions, model: ModelSpec | None, env: Mapping[str, str]) -> str | None:
     """The VLMEvalKit model name: the command's --model, else the name of the model's checkpoint."""
     from diag.launch.commands import VLMEVALKIT_MODELS, CommandError, recognise
 
@@ -161,16 +169,16 @@ def _vlmevalkit_name(options: DiagOptions, model: ModelSpec, env: Mapping[str, s
         if found is not None and found.kit == "vlmevalkit" and found.eval_model:
             return found.eval_model
     for name, checkpoint in VLMEVALKIT_MODELS.items():
-        if checkpoint in model.checkpoints:
+        if model is not None and checkpoint in model.checkpoints:
             return name
     return None
 
 
-def _from_verdict(options: DiagOptions, model: ModelSpec, verdict: KitVerdict, label: str) -> MapCase | None:
+def _from_verdict(options: DiagOptions, model: ModelSpec | None, verdict: KitVerdict, label: str) -> MapCase | None:
     """A case from a kit's verdict: its problem (with the fixed eval command), or its source; None: no say."""
     if verdict.problem is not None:
         fix, commands = _rejection_fix(options, verdict)
-        return MapCase(f"{model.name}-{label}", model, None, verdict.problem, verdict.code, kit=verdict.kit,
+        return MapCase(f"{_name(model)}-{label}", model, None, verdict.problem, verdict.code, kit=verdict.kit,
                        fix=fix, commands=commands)  # fmt: skip
     if verdict.source is None:
         return None
@@ -207,11 +215,11 @@ def _rejection_fix(options: DiagOptions, verdict: KitVerdict) -> tuple[str | Non
     return fix, (command,) if command else ()
 
 
-def _auto_split_family(model: ModelSpec) -> bool:
+def _auto_split_family(model: ModelSpec | None) -> bool:
     """True when VLMEvalKit's AUTO_SPLIT=1 builds its own map for the model's family (InternVL's split_model)."""
     from diag.twins.families import family_named
 
-    return family_named(model.family).vlmevalkit_auto_split
+    return model is not None and family_named(model.family).vlmevalkit_auto_split
 
 
 def auto_split_source(
@@ -236,13 +244,17 @@ def auto_split_source(
     return split_source(plan)
 
 
-def _case(model: ModelSpec, source: DeviceMapSource) -> MapCase:
+def _case(model: ModelSpec | None, source: DeviceMapSource) -> MapCase:
     label = {"--device-map": "device-map", "--model-args": "model-args", "AUTO_SPLIT": "auto-split"}.get(
         source.origin, str(source.value)
     )
     if source.origin == "--device-map" and source.kind in ("strategy", "device", "int"):
         label = str(source.value)
-    return MapCase(f"{model.name}-{_slug(label)}", model, source)
+    return MapCase(f"{_name(model)}-{_slug(label)}", model, source)
+
+
+def _name(model: ModelSpec | None) -> str:
+    return model.name if model is not None else "model"
 
 
 def _slug(text: str) -> str:
@@ -253,8 +265,9 @@ def map_cases(options: DiagOptions, topology: Topology, env: Mapping[str, str] |
     """Every (model, map) the device-map checks run on; problems become cases that fail with their reason."""
     environ = os.environ if env is None else env
     models, problem = _models(options)
-    if problem:
-        return [MapCase("model", None, None, problem, None)]
+    if problem:  # no model: the map itself is still checked (its string, its GPUs); the model checks skip
+        case = _source(options, None, topology, environ)
+        return [replace(case, problem=case.problem or problem, problem_code=case.problem_code)]
     slices = _vlmevalkit_slices(options, topology, environ)
     if slices:
         return [_slice_case(options, model, topology, environ, piece, len(slices)) for piece in slices

@@ -187,16 +187,24 @@ def plan_run(command: Sequence[str], diag_args: Sequence[str], env: Mapping[str,
     if not _given(diag_args, "--model"):
         model, source, problem = _model_of(found)
         if problem:  # never a reason to refuse the eval: the checks that need no model still run
-            plan.targets = [*env_only, str(checks / LAYOUT_CHECKS)]
-            skipped = "the device-map, memory and same-device checks are skipped"
+            if found.model_args is None:  # nothing names the map either (VLMEvalKit): only env and layout apply
+                plan.targets = [*env_only, str(checks / LAYOUT_CHECKS)]
+                skipped = "the device-map, memory and same-device checks are skipped"
+            else:  # lmms-eval: its --model_args map is still checked; the model checks skip with MODEL-003
+                skipped = "the memory and same-device checks are skipped"
             plan.not_derived.append(f"the model ({problem}): {skipped}; give diag the checkpoint's config with "
-                                    "--model PATH before `--`")  # fmt: skip
+                                    "--model PATH before `--` (or its snapshot in the Hugging Face cache; "
+                                    "--trust-remote-code for a checkpoint with its own code)")  # fmt: skip
         elif model:
             _add(plan, diag_args, "--model", model, f"from {source}")
         elif found.kit:
             plan.not_derived.append("the model: the command names none diag reads; the device-map checks plan "
                                     "diag's default models")  # fmt: skip
     _backend_plan(plan, command, diag_args, env, checks)
+    consent = remote_code_reason(found, _option_value(diag_args, "--model") or _option_value(plan.options, "--model"))
+    if consent and not _given(diag_args, "--trust-remote-code"):
+        plan.options.append("--trust-remote-code")
+        plan.derived.append(f"--trust-remote-code (the eval itself runs the checkpoint's own code: {consent})")
     _environment_notes(plan, env, found)
     return plan
 
@@ -259,6 +267,48 @@ def _backend_plan(
     _add(plan, diag_args, "--backend", launch.backend, f"from {launch.via}")
     plan.not_derived = [line for line in plan.not_derived if not line.startswith("the model")]
     plan.not_derived.append(_ENGINE_LOADS)
+
+
+# lmms-eval classes that load their checkpoint with trust_remote_code=True whatever --model_args says
+# (lmms_eval/models/simple/internvl2.py: `AutoModel.from_pretrained(..., trust_remote_code=True, ...)`).
+LMMS_EVAL_REMOTE_CODE_CLASSES = frozenset({"internvl2"})
+
+
+def remote_code_reason(found: EvalCommand, model: str | None) -> str | None:
+    """Why the eval command itself executes the checkpoint's own code, or None: `trust_remote_code=True` in
+    lmms-eval's --model_args, an lmms-eval class that always passes it, or a checkpoint whose config.json has an
+    auto_map and a model_type the installed transformers does not know (from_pretrained loads such a checkpoint
+    only with trust_remote_code=True, so an eval that loads it at all runs that code)."""
+    from diag.devicemap.model_args import ModelArgsError, parse_model_args
+
+    if found.kit == LMMS_EVAL and found.model_args:
+        try:
+            args = parse_model_args(found.model_args)
+        except ModelArgsError:
+            args = {}
+        if str(args.get("trust_remote_code", "")).strip().lower() == "true":
+            return "lmms-eval --model_args trust_remote_code=True"
+    if found.kit == LMMS_EVAL and found.eval_model in LMMS_EVAL_REMOTE_CODE_CLASSES:
+        return f"lmms-eval's {found.eval_model} class loads with trust_remote_code=True"
+    if model is None:
+        return None
+    from diag.twins import UnknownModel, model_for_checkpoint
+    from diag.twins.remote import model_ref, model_type_known
+
+    try:
+        spec = model_for_checkpoint(model)
+    except UnknownModel:
+        return None
+    if spec is None or spec.code_dir is None or model_ref(spec.config) is None:
+        return None
+    model_type = str(spec.config.get("model_type", ""))
+    if not model_type_known(model_type):
+        kit = "VLMEvalKit" if found.kit == VLMEVALKIT else "the eval"
+        return (
+            f"{model} ships its own code (auto_map) for model_type {model_type!r}, which the installed "
+            f"transformers does not have, so {kit} loads it with trust_remote_code=True"
+        )
+    return None
 
 
 def _environment_notes(plan: RunPlan, env: Mapping[str, str], found: EvalCommand) -> None:

@@ -6,7 +6,8 @@ Each family (diag/twins/families, one module per family) says how its twins are 
 transformers' own classes; families that ship remote code (InternVL-Chat, CogVLM) are this package's modules
 mirroring upstream's names and the steps of forward and generate that depend on devices, built on transformers'
 classes where upstream builds on them.
-Nothing is downloaded and no remote code runs.
+Nothing is downloaded. A checkpoint's own remote code runs only with the user's consent (`--trust-remote-code`,
+diag/twins/remote.py).
 """
 
 from __future__ import annotations

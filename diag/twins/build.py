@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diag.twins import remote
 from diag.twins.families import Inputs, family_named
 from diag.twins.spec import ModelSpec
 
@@ -41,6 +42,8 @@ def _construct_with_default_dtype(family: str, config: Mapping[str, Any], dtype:
 
 def build_meta(spec: ModelSpec) -> nn.Module:
     """Full width, every parameter and buffer on the meta device (no storage), in the checkpoint's dtype, eval mode."""
+    if spec.code == "remote":  # the checkpoint's own code: only with --trust-remote-code (diag/twins/remote.py)
+        return remote.build_meta(spec)
     with torch.device("meta"):
         model = _construct_with_default_dtype(spec.family, spec.config, _checkpoint_dtype(spec.dtype))
     return model.eval()
@@ -53,6 +56,8 @@ def tiny_config(spec: ModelSpec) -> dict[str, Any]:
 
 def build_tiny(spec: ModelSpec, *, seed: int = 0) -> nn.Module:
     """Same module names and layer counts, tiny widths, real float32 CPU weights drawn from `seed`, eval mode."""
+    if spec.code == "remote":
+        return remote.build_tiny(spec, seed=seed)
     config = tiny_config(spec)
     state = torch.random.get_rng_state()
     try:

@@ -11,6 +11,11 @@ Module names follow upstream `modeling_cogvlm.py` and `visual.py`: `model.embed_
 demo list only "CogVLMDecoderLayer"). A hand-made `infer_auto_device_map` call that passes only
 "CogVLMDecoderLayer" can split a vision `TransformerLayer`, and its residual `output = mlp_input + mlp_output`
 then adds tensors from two GPUs (CogVLM #122, #256; CogVLM2 #10, #32): the twin keeps that line as it is.
+
+Mirrors the remote code of THUDM/cogvlm-chat-hf on the Hugging Face hub (https://huggingface.co/THUDM/cogvlm-chat-hf,
+`modeling_cogvlm.py` and `visual.py`), read on its `main` branch through the ports named above; no hub commit is
+pinned, so which revision of the checkpoint's code it matches is not recorded. This is diag's own stand-in: the
+checkpoint's code is not run unless `--trust-remote-code` is given with the checkpoint on the node.
 """
 
 from __future__ import annotations

@@ -43,3 +43,12 @@ def cached_config(repo_id: str, env: Mapping[str, str] | None = None, revision: 
     except (ValueError, OSError):  # an id huggingface_hub rejects (HFValidationError is a ValueError), a bad cache
         return None
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+def cached_snapshot(repo_id: str, env: Mapping[str, str] | None = None, revision: str | None = None) -> Path | None:
+    """The snapshot folder of `repo_id` in the local cache (the one holding its cached config.json), or None.
+
+    A checkpoint's own modelling files (`auto_map` in config.json) sit beside config.json in that folder when the
+    eval's loading fetched them; diag/twins/remote.py loads them from there, never from the network."""
+    config = cached_config(repo_id, env, revision)
+    return config.parent if config is not None else None

@@ -18,7 +18,8 @@ The device-sensitive steps are kept as upstream writes them:
 
 Mirrors OpenGVLab/InternVL at commit 0dc48a2 (2024-07-19, "Release code of InternVL 2.0", the source of the
 InternVL2 checkpoints' remote code), `internvl_chat/internvl/model/internvl_chat/`, in these steps only. This is
-diag's own stand-in: it is not the checkpoint's code, and what that code does beyond them is not checked.
+diag's own stand-in: it is not the checkpoint's code, and what that code does beyond them is not checked (the
+checkpoint's own code runs instead with `--trust-remote-code` and the checkpoint on the node).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 The checkpoint's own config.json wins over diag's preset whenever it is on the machine (a folder, or the hub
 cache); a preset stands in only for a checkpoint that is not there, and `ModelSpec.source` says which it was.
-Only a config is ever read; nothing is downloaded and no remote code runs.
+Only a config is ever read here; nothing is downloaded and no remote code runs. A checkpoint that ships its own
+modelling code (`auto_map`) records the folder holding it (`ModelSpec.code_dir`); diag/twins/remote.py builds from
+it only with the user's consent (`--trust-remote-code`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ from types import MappingProxyType
 from typing import Any
 
 from diag import reader
+from diag.twins import remote
 from diag.twins.hubcache import cached_config, hub_cache_dir
 from diag.twins.presets import PRESET_TABLE
+
+# Families of remote-code checkpoints that diag has a hand-written twin of (their family sets `mirrors`;
+# tests/test_remote_code.py keeps the two in step). Needed while PRESETS is built, before the registry loads.
+TWIN_FAMILIES: tuple[str, ...] = ("internvl-chat", "cogvlm")
 
 
 def __getattr__(name: str) -> Any:
@@ -52,6 +59,11 @@ class ModelSpec:
     # Hugging Face cache, as from_pretrained would read it). `config_path` is the file read, if any.
     source: str = "preset"
     config_path: str | None = None
+    # Whose code builds it: "installed" (the installed transformers' class), "twin" (diag's hand-written twin of a
+    # remote-code family), "remote" (the checkpoint's own modelling files: only with --trust-remote-code) or
+    # "none" (nothing diag may build). `code_dir`: the folder holding the checkpoint's own code (auto_map), if any.
+    code: str = "installed"
+    code_dir: str | None = None
 
     @property
     def describes_the_checkpoint(self) -> bool:
@@ -60,7 +72,8 @@ class ModelSpec:
 
 
 def _preset(name: str, family: str, config: dict[str, Any], checkpoints: tuple[str, ...], dtype: str) -> ModelSpec:
-    return ModelSpec(name, family, MappingProxyType(copy.deepcopy(config)), checkpoints, dtype)
+    code = "twin" if family in TWIN_FAMILIES else "installed"
+    return ModelSpec(name, family, MappingProxyType(copy.deepcopy(config)), checkpoints, dtype, code=code)
 
 
 PRESETS: Mapping[str, ModelSpec] = MappingProxyType({name: _preset(name, *row) for name, row in PRESET_TABLE.items()})
@@ -151,18 +164,41 @@ def _from_file(name: str, path: Path) -> ModelSpec:
     from diag.twins.families import family_for
 
     family = family_for(config)
+    code_dir = remote.code_folder(config, path.parent)
     if family is None:
-        raise UnknownModel(
-            f"--model {name}: model_type {config.get('model_type')!r} / architectures "
-            f"{config.get('architectures')} is not a supported family ({_supported()})"
-        )
+        family_name, code = _without_family(name, config)
+        dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+        return ModelSpec(name, family_name, MappingProxyType(config), (), dtype, source="config",
+                         config_path=str(path), code=code, code_dir=code_dir)  # fmt: skip
+    code = "twin" if family.name in TWIN_FAMILIES else "installed"
     try:
         config = family.checkpoint_config(config)  # a repository's own format converted (LLaVA's)
     except ValueError as exc:
-        raise UnknownModel(f"--model {name}: {exc}") from None
-    family = family_for(config) or family
+        if code_dir is None:
+            raise UnknownModel(
+                f"--model {name}: {exc}; or put the checkpoint's own code beside its config.json and give "
+                "--trust-remote-code"
+            ) from None
+        code = "none"  # diag has no twin of it: only the checkpoint's own code builds it
+    else:
+        family = family_for(config) or family
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
-    return ModelSpec(name, family.name, MappingProxyType(config), (), dtype, source="config", config_path=str(path))
+    return ModelSpec(name, family.name, MappingProxyType(config), (), dtype, source="config", config_path=str(path),
+                     code=code, code_dir=code_dir)  # fmt: skip
+
+
+def _without_family(name: str, config: Mapping[str, Any]) -> tuple[str, str]:
+    """(family, code) of a config no family of diag claims: its own code only (auto_map), a model_type the
+    installed transformers does not know (a MODEL-002 finding, not a usage error), else UnknownModel."""
+    if remote.model_ref(config) is not None:
+        return remote.REMOTE, "none"
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type and not remote.model_type_known(model_type):
+        return remote.UNKNOWN, "none"
+    raise UnknownModel(
+        f"--model {name}: model_type {model_type!r} / architectures "
+        f"{config.get('architectures')} is not a supported family ({_supported()})"
+    )
 
 
 def family_of(config: Mapping[str, Any]) -> str | None:

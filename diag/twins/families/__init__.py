@@ -94,7 +94,17 @@ class Family:
 
 _REGISTRY: dict[str, Family] = {}
 # The family modules, imported once on first use (each registers its family).
-_MODULES: tuple[str, ...] = ("llava", "qwen_vl", "internvl_chat", "cogvlm", "generic", "gemma3", "mllama", "llama4")
+_MODULES: tuple[str, ...] = (
+    "llava",
+    "qwen_vl",
+    "internvl_chat",
+    "cogvlm",
+    "generic",
+    "gemma3",
+    "mllama",
+    "llama4",
+    "remote_code",
+)
 
 
 def register(cls: type[Family]) -> type[Family]:

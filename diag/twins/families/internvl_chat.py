@@ -58,10 +58,13 @@ class InternVLChat(Family):
         return out
 
     def input_sets(self, model: nn.Module, generator: torch.Generator) -> dict[str, Inputs]:
-        if not isinstance(model, InternVLChatModel) or model.img_context_token_id is None:
-            raise TypeError("expected a tiny InternVLChatModel twin (with img_context_token_id set)")
-        size = int(model.config.force_image_size or model.config.vision_config.image_size)
-        ids = [1, IMG_START, *([model.img_context_token_id] * model.num_image_token), IMG_END, 10, 11]
+        config: Any = getattr(model, "config", None)
+        size = int(config.force_image_size or config.vision_config.image_size)
+        token, count = getattr(model, "img_context_token_id", None), getattr(model, "num_image_token", None)
+        if not isinstance(model, InternVLChatModel) or token is None or count is None:
+            # The checkpoint's own code (--trust-remote-code): `chat` tokenises the prompt itself; it takes the image.
+            return {"image": {"pixel_values": torch.randn(1, 3, size, size, generator=generator)}}
+        ids = [1, IMG_START, *([token] * int(count)), IMG_END, 10, 11]
         return {"image": {
             "input_ids": torch.tensor([ids]),
             "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
