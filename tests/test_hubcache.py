@@ -11,7 +11,7 @@ import pytest
 
 from diag.devicemap.cases import _models
 from diag.options import DiagOptions
-from diag.twins import PRESETS, UnknownModel, build_meta, language_model_layout, model_for_checkpoint, resolve_model
+from diag.twins import PRESETS, build_meta, language_model_layout, model_for_checkpoint, resolve_model
 from diag.twins.hubcache import cached_config, hub_cache_dir
 
 LLAVA = "llava-hf/llava-1.5-7b-hf"
@@ -94,12 +94,17 @@ def test_a_checkpoint_not_in_the_cache_falls_back_to_the_preset_and_says_so(cach
 
 
 def test_a_cached_config_of_a_family_diag_cannot_build_names_it(cache: Path, no_network: None) -> None:
-    # (Qwen2.5-VL has a family now: tests/test_presets_qwen.py resolves it from the cache.)
+    """A model_type the installed transformers does not know, no auto_map: MODEL-002, as the eval would fail.
+    (Qwen2.5-VL has a family now: tests/test_presets_qwen.py resolves it from the cache.)"""
+    from diag.twins import remote
+
     lay_out(
         cache, "org/NoSuch-VL-7B", {"model_type": "nosuch_vl", "architectures": ["NoSuchVLForConditionalGeneration"]}
     )
-    with pytest.raises(UnknownModel, match="model_type 'nosuch_vl'"):
-        resolve_model("org/NoSuch-VL-7B")
+    spec = resolve_model("org/NoSuch-VL-7B")
+    assert (spec.family, spec.code, spec.source) == (remote.UNKNOWN, "none", "hub-cache")
+    problem = remote.code_problem(spec)
+    assert problem is not None and problem.code == "MODEL-002" and "'nosuch_vl'" in problem.message
 
 
 @pytest.mark.parametrize("value", ["../etc", "a b/c", "", "/abs/path"])
