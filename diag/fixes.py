@@ -784,6 +784,18 @@ _CATALOG: tuple[FixCode, ...] = (
         "cache) and `--trust-remote-code`; `python -m diag run` adds it when the eval itself runs that code.",
         ("https://huggingface.co/docs/transformers/custom_models",),
     ),
+    FixCode(
+        "MODEL-005",
+        "The model's code fails on the installed transformers whatever the map",
+        "The twin failed with an error that is not a device error, and it fails the same way with the whole model "
+        "on one GPU: the model's code (the installed transformers' class, or the checkpoint's own) does not run "
+        "here, so the eval fails the same way with any device_map. Example: Llama4ForConditionalGeneration.forward "
+        "in transformers 5.24 reads `image_outputs` from its language model's output, which has no such field.",
+        "Install a transformers release whose class of this model runs (an earlier or later release; the model "
+        "card names the one it was released with), or report the error upstream with the failing line; the "
+        "message quotes the error.",
+        ("https://github.com/huggingface/transformers/issues",),
+    ),
 )
 
 CATALOG: dict[str, FixCode] = {fix.code: fix for fix in _CATALOG}

@@ -240,3 +240,38 @@ def test_the_twin_families_of_spec_are_the_families_that_mirror_upstream_code() 
     from diag.twins.spec import TWIN_FAMILIES
 
     assert set(TWIN_FAMILIES) == {f.name for f in families() if f.mirrors is not None}
+
+
+class BrokenToyFamily(ToyFamily):
+    """The toy whose generate step reads a field its output does not have, on any map (as Llama 4 on 5.24)."""
+
+    name = "broken-toy"
+    model_types = ("broken_toy_vl",)
+
+    def input_sets(self, model: nn.Module, generator: torch.Generator) -> dict[str, Inputs]:
+        return {"image": {"input_ids": torch.tensor([[1, 5, 6, 7]])}}
+
+    def run(self, model: nn.Module, inputs: Inputs) -> Iterator[str]:
+        yield "forward"
+        output = model(input_ids=inputs["input_ids"])
+        yield "generate"
+        output.image_outputs  # noqa: B018 (the missing field is the point)
+
+
+def test_code_that_fails_on_one_gpu_too_is_model_005_not_a_map_finding(tmp_path: Path) -> None:
+    register(BrokenToyFamily)
+    try:
+        path = _toy_config(tmp_path)
+        path.write_text(path.read_text().replace('"toy_vl"', '"broken_toy_vl"'))
+        spec = resolve_model(str(path))
+        meta = build_meta(spec)
+        layout = language_model_layout(meta)
+        apart = {layout.embed: 0, layout.layers: 0, layout.norm: 1, layout.head: 1}
+        if layout.rotary:
+            apart[layout.rotary] = 0
+        verdict = check_run(spec, apart, simulated_gpus=2, meta_model=meta)
+        assert verdict.cause is not None and verdict.cause.code == "MODEL-005"
+        assert "image_outputs" in verdict.cause.explanation and "whole model on cuda:0 too" in verdict.cause.explanation
+        assert verdict.fixed_map is None and not verdict.verified
+    finally:
+        del _REGISTRY["broken-toy"]

@@ -199,8 +199,9 @@ def _run(
                 pass
         except RuntimeError as exc:
             return _failure(stage, exc, virtual, time.perf_counter() - start, _parts(marks), inputs_device)
-        except (ValueError, AssertionError, IndexError) as exc:  # a twin the map cannot run (meta tensors left …)
-            return RunResult(stage, f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start,
+        except Exception as exc:  # a twin the map cannot run (meta tensors left …), or code that fails here at all
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return RunResult(stage, f"{type(exc).__name__}: {text}", seconds=time.perf_counter() - start,
                              parts=_parts(marks), inputs_device=inputs_device)  # fmt: skip
     marks.append(("run", time.perf_counter()))
     return RunResult(None, seconds=time.perf_counter() - start, parts=_parts(marks))

@@ -59,6 +59,27 @@ def forced_map(meta_model: torch.nn.Module, gpus: int, family: str | None = None
     return best
 
 
+def _fails_on_one_gpu(
+    spec: ModelSpec,
+    first: RunResult,
+    device_map: Mapping[str, Any],
+    simulated_gpus: int | None,
+    meta_model: torch.nn.Module,
+    layout: Any,
+) -> Cause | None:
+    """MODEL-005 when a failure that is not a device error happens with the whole model on one GPU too: the
+    model's code does not run here, whatever the map (None otherwise, or when the map already is one GPU)."""
+    if first.stage in (None, "build") or first.cross_device or classify(first, meta_model, device_map, layout).code \
+            != "FWD-007":  # fmt: skip
+        return None
+    single: dict[str, Any] = {"": 0}
+    alone = first if dict(device_map) == single else run_twin(spec, single, simulated_gpus=simulated_gpus)
+    if alone.ok or alone.cross_device or (alone.error or "").split(":")[0] != (first.error or "").split(":")[0]:
+        return None
+    return Cause("MODEL-005", f"the model's code fails in {alone.stage} with the whole model on cuda:0 too, so "
+                              f"not because of the map: {alone.error}")  # fmt: skip
+
+
 def check_run(
     spec: ModelSpec,
     device_map: Mapping[str, Any],
@@ -77,6 +98,9 @@ def check_run(
     if first.ok:
         return Verdict(first)
     layout = language_model_layout(meta_model)
+    code_failure = _fails_on_one_gpu(spec, first, device_map, simulated_gpus, meta_model, layout)
+    if code_failure is not None:
+        return Verdict(first, code_failure)
     current, result, cause = dict(device_map), first, None
     extra: tuple[str, ...] = ()
     for _ in range(attempts):
