@@ -83,7 +83,7 @@ class Family:
 
 _REGISTRY: dict[str, Family] = {}
 # The family modules, imported once on first use (each registers its family).
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = ("llava_onevision", "idefics3", "internvl_hf", "glm4v", "phi4_multimodal")
 
 
 def register(cls: type[Family]) -> type[Family]:
