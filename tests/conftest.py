@@ -57,12 +57,12 @@ def warm_imports() -> None:
     """
     from diag.devicemap.plan import plan_device_map
     from diag.devicemap.validate import transformers_rejects
-    from diag.twins import PRESETS, build_meta
+    from diag.twins import FAMILIES, PRESETS, build_meta
 
     transformers_rejects("")
     seen = set()
     for spec in PRESETS.values():
-        if spec.family not in seen:
+        if spec.family not in seen and spec.family in FAMILIES:  # the families build.py builds
             seen.add(spec.family)
             plan_device_map(build_meta(spec), "auto", {0: 2**40, "cpu": 2**40})
 

@@ -79,9 +79,10 @@ def module_names(model: nn.Module) -> set[str]:
 
 
 def test_every_family_has_a_preset() -> None:
-    assert {spec.family for spec in PRESETS.values()} == set(FAMILIES)
+    # The 2024 presets; the 2025-26 groups' families and sizes are tested in their own files.
+    assert {PRESETS[name].family for name in NAMES} == set(FAMILIES)
     assert set(LM_LAYERS) <= set(PRESETS)
-    assert set(PRESETS) == set(PUBLISHED_PARAMS)
+    assert set(NAMES) <= set(PUBLISHED_PARAMS)
 
 
 @pytest.mark.parametrize("name", NAMES)

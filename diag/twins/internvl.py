@@ -141,7 +141,7 @@ def llm_config_from_dict(llm: dict[str, Any]) -> PretrainedConfig:
                 f"transformers {transformers.__version__} has no Qwen3ForCausalLM (added in transformers 4.51.0), "
                 "the language model of this InternVL: the eval could not load it on this stack either"
             )
-        qwen3_config: PretrainedConfig = getattr(transformers, "Qwen3Config")(**fields)
+        qwen3_config: PretrainedConfig = transformers.Qwen3Config(**fields)
         return qwen3_config
     if arch == "InternLM2ForCausalLM":
         return InternLM2Config(**fields)
@@ -496,7 +496,7 @@ def _language_model(config: PretrainedConfig) -> PreTrainedModel:
         return transformers.Phi3ForCausalLM(config)
     if isinstance(config, InternLM2Config):
         return InternLM2ForCausalLM(config)
-    if type(config).__name__ == "Qwen3Config":
-        qwen3: PreTrainedModel = getattr(transformers, "Qwen3ForCausalLM")(config)
+    if hasattr(transformers, "Qwen3Config") and isinstance(config, transformers.Qwen3Config):
+        qwen3: PreTrainedModel = transformers.Qwen3ForCausalLM(config)
         return qwen3
     raise NotImplementedError(f"{type(config).__name__} is not implemented.")

@@ -95,8 +95,13 @@ _IDEFICS3_8B: Config = {
         "max_position_embeddings": 131072,
         "rms_norm_eps": 1e-05,
         "rope_theta": 500000.0,
-        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 8192},  # fmt: skip
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
         "bos_token_id": 128000,
         "eos_token_id": [128001, 128008, 128009],
         "pad_token_id": 128002,

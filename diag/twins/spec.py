@@ -45,7 +45,13 @@ _LLAVA_REPO_LM = {
 
 
 # The language models InternVLChatModel builds (upstream: Llama, InternLM2, Phi3, Qwen2).
-INTERNVL_LANGUAGE_MODELS = ("LlamaForCausalLM", "InternLM2ForCausalLM", "Phi3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+INTERNVL_LANGUAGE_MODELS = (
+    "LlamaForCausalLM",
+    "InternLM2ForCausalLM",
+    "Phi3ForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+)
 
 
 class UnknownModel(ValueError):

@@ -77,7 +77,8 @@ class Glm4vFamily(NativeFamily):
 
 
 def _patch_dim(model: nn.Module) -> tuple[int, int]:
-    vision: Any = model.config.vision_config
+    config: Any = model.config
+    vision: Any = config.vision_config
     merge = int(vision.spatial_merge_size)
     return int(vision.in_channels) * int(vision.temporal_patch_size) * int(vision.patch_size) ** 2, merge
 

@@ -72,6 +72,14 @@ class Idefics3Family(NativeFamily):
     config_class = "Idefics3Config"
     since = "4.46.0"
 
+    def claims(self, config: Mapping[str, Any]) -> bool:
+        # Architectures win over model_type: a SmolVLM config naming its own class is SmolVLM's.
+        architectures = config.get("architectures") or ()
+        names = [architectures] if isinstance(architectures, str) else list(architectures)
+        if self.name == "idefics3" and "SmolVLMForConditionalGeneration" in names:
+            return False
+        return super().claims(config)
+
     def tiny_config(self, config: Mapping[str, Any]) -> Config:
         return _tiny(config)
 

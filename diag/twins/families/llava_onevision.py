@@ -64,7 +64,8 @@ class LlavaOnevisionFamily(NativeFamily):
 
 
 def _side(model: nn.Module) -> tuple[int, int]:
-    vision = model.config.vision_config
+    config: Any = model.config
+    vision = config.vision_config
     return int(vision.image_size), int(vision.image_size) // int(vision.patch_size)
 
 

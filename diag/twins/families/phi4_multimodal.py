@@ -51,7 +51,8 @@ class Phi4MultimodalFamily(NativeFamily):
 
     def input_sets(self, model: nn.Module, generator: torch.Generator) -> dict[str, Inputs]:
         """One image exactly one crop in size: the crop and the global view, as the processor gives them."""
-        vision: Any = model.config.vision_config
+        config: Any = model.config
+        vision: Any = config.vision_config
         crop = int(vision.crop_size)
         side = int(vision.image_size) // int(vision.patch_size)
         pooled = (side + side % 2) // 2
