@@ -3,9 +3,10 @@
 Module names follow upstream `modeling_internvl_chat.py` and `modeling_intern_vit.py`
 (OpenGVLab/InternVL internvl_chat/internvl/model/internvl_chat): `vision_model` (InternVisionModel:
 `embeddings`, `encoder.layers.N` InternVisionEncoderLayer), `mlp1` (LayerNorm, Linear, GELU, Linear) and
-`language_model`. The language model is the installed transformers' `LlamaForCausalLM` or `Qwen2ForCausalLM`
-where upstream builds on those (InternVL2-40B, -76B, -1B), transformers' `Phi3ForCausalLM` for upstream's copy of
-it (InternVL2-4B), and the InternLM2 twin otherwise (-2B, -8B, -26B).
+`language_model`. The language model is the installed transformers' `LlamaForCausalLM`, `Qwen2ForCausalLM` or
+`Qwen3ForCausalLM` where upstream builds on those (InternVL2-40B, -76B, -1B; InternVL3; InternVL3.5),
+transformers' `Phi3ForCausalLM` for upstream's copy of it (InternVL2-4B), and the InternLM2 twin otherwise (-2B,
+-8B, -26B; InternVL2.5-8B).
 
 The device-sensitive steps are kept as upstream writes them:
 - `forward` merges the image embeddings with `input_embeds[selected] = ...` without moving them (the training
@@ -135,6 +136,14 @@ def llm_config_from_dict(llm: dict[str, Any]) -> PretrainedConfig:
         return transformers.Qwen2Config(**fields)
     if arch == "Phi3ForCausalLM":
         return transformers.Phi3Config(**fields)
+    if arch == "Qwen3ForCausalLM":  # InternVL3.5 (OpenGVLab/InternVL3_5-*): Qwen3, in transformers from 4.51.0
+        if not hasattr(transformers, "Qwen3Config"):
+            raise NotImplementedError(
+                f"transformers {transformers.__version__} has no Qwen3ForCausalLM (added in transformers 4.51.0), "
+                "the language model of this InternVL: the eval could not load it on this stack either"
+            )
+        qwen3_config: PretrainedConfig = transformers.Qwen3Config(**fields)
+        return qwen3_config
     if arch == "InternLM2ForCausalLM":
         return InternLM2Config(**fields)
     raise NotImplementedError(f"{arch} is not implemented.")  # upstream's words for the same case
@@ -488,4 +497,7 @@ def _language_model(config: PretrainedConfig) -> PreTrainedModel:
         return transformers.Phi3ForCausalLM(config)
     if isinstance(config, InternLM2Config):
         return InternLM2ForCausalLM(config)
+    if hasattr(transformers, "Qwen3Config") and isinstance(config, transformers.Qwen3Config):
+        qwen3: PreTrainedModel = transformers.Qwen3ForCausalLM(config)
+        return qwen3
     raise NotImplementedError(f"{type(config).__name__} is not implemented.")

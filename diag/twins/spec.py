@@ -38,7 +38,13 @@ def __getattr__(name: str) -> Any:
 
 
 # The language models InternVLChatModel builds (upstream: Llama, InternLM2, Phi3, Qwen2).
-INTERNVL_LANGUAGE_MODELS = ("LlamaForCausalLM", "InternLM2ForCausalLM", "Phi3ForCausalLM", "Qwen2ForCausalLM")
+INTERNVL_LANGUAGE_MODELS = (
+    "LlamaForCausalLM",
+    "InternLM2ForCausalLM",
+    "Phi3ForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+)
 
 
 class UnknownModel(ValueError):

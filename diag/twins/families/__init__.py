@@ -103,6 +103,11 @@ _MODULES: tuple[str, ...] = (
     "gemma3",
     "mllama",
     "llama4",
+    "llava_onevision",
+    "idefics3",
+    "internvl_hf",
+    "glm4v",
+    "phi4_multimodal",
     "remote_code",
 )
 

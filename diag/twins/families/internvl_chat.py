@@ -40,6 +40,17 @@ class InternVLChat(Family):
                              f"(supported: {', '.join(INTERNVL_LANGUAGE_MODELS)})")  # fmt: skip
         return dict(config)
 
+    def unavailable(self, config: Mapping[str, Any]) -> str | None:
+        """The language model's class missing from the installed transformers (Qwen3 before 4.51, InternVL3.5)."""
+        import transformers
+
+        llm = config.get("llm_config") or {}
+        arch = str((llm.get("architectures") or ["InternLM2ForCausalLM"])[0])
+        if arch == "InternLM2ForCausalLM" or hasattr(transformers, arch):
+            return None
+        return (f"the installed transformers {transformers.__version__} has no {arch}, the language model of this "
+                "InternVL (its remote code imports it from transformers)")  # fmt: skip
+
     def build(self, config: Mapping[str, Any]) -> nn.Module:
         fields = {k: v for k, v in config.items() if k not in ("model_type", "auto_map")}
         twin = InternVLChatModel(InternVLChatConfig(**fields))
