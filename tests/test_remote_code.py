@@ -320,10 +320,10 @@ def test_qwen2_5_vl_on_transformers_4_45_is_model_002(tmp_path: Path) -> None:
     config = {"model_type": "qwen2_5_vl", "architectures": ["Qwen2_5_VLForConditionalGeneration"],
               "transformers_version": "4.49.0.dev0", "hidden_size": 3584}  # fmt: skip
     spec = resolve_model(str(_config_file(tmp_path, config)))
-    assert (spec.family, spec.code) == (remote.UNKNOWN, "none")
+    assert (spec.family, spec.code) == ("qwen2.5-vl", "installed")  # its family says the class is missing
     problem = code_problem(spec)
     assert problem is not None and problem.code == "MODEL-002"
-    assert "'qwen2_5_vl'" in problem.message and "transformers>=4.49.0" in problem.fix
+    assert "Qwen2_5_VLForConditionalGeneration" in problem.message and "transformers>=4.49.0" in problem.fix
 
 
 def test_an_invented_model_type_is_model_002_on_every_stack(tmp_path: Path) -> None:
