@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from diag.twins.presets_vision import INTERN_VIT_6B as _INTERN_VIT_6B
+from diag.twins.presets_vision import INTERN_VIT_300M as _INTERN_VIT_300M
+
 Config = dict[str, Any]
 
 # CLIP ViT-L/14 at 336 px, the vision tower of LLaVA-1.5 and LLaVA-NeXT (llava-hf/*/config.json "vision_config").
@@ -116,39 +119,6 @@ def _qwen2_vl(
         },
     }
 
-
-# OpenGVLab/InternViT-300M-448px/config.json (the vision part of InternVL2-1B/2B/4B/8B).
-_INTERN_VIT_300M: Config = {
-    "model_type": "intern_vit_6b",
-    "architectures": ["InternVisionModel"],
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_attention_heads": 16,
-    "num_hidden_layers": 24,
-    "image_size": 448,
-    "patch_size": 14,
-    "num_channels": 3,
-    "hidden_act": "gelu",
-    "norm_type": "layer_norm",
-    "layer_norm_eps": 1e-06,
-    "qk_normalization": False,
-    "qkv_bias": True,
-    "initializer_factor": 1.0,
-    "use_flash_attn": False,
-}
-
-# OpenGVLab/InternViT-6B-448px-V1-5/config.json: 45 of InternViT-6B's 48 blocks, RMSNorm, qk-norm, no qkv bias.
-_INTERN_VIT_6B: Config = {
-    **_INTERN_VIT_300M,
-    "hidden_size": 3200,
-    "intermediate_size": 12800,
-    "num_attention_heads": 25,
-    "num_hidden_layers": 45,
-    "norm_type": "rms_norm",
-    "qk_normalization": True,
-    "qkv_bias": False,
-    "initializer_factor": 0.1,
-}
 
 # InternVL2 adds 9 tokens to the LM's vocabulary (<img>, </img>, <IMG_CONTEXT>, <quad>, </quad>, <ref>, </ref>,
 # <box>, </box>): InternLM2 92544 -> 92553, Llama-3 128256 -> 128265, Qwen2 151646 -> 151655.

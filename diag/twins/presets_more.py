@@ -12,6 +12,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from diag.twins.presets_vision import INTERN_VIT_6B as _INTERN_VIT_6B
+from diag.twins.presets_vision import INTERN_VIT_300M as _INTERN_VIT_300M
+
 Config = dict[str, Any]
 
 
@@ -306,35 +309,6 @@ _PHI4_MM: Config = {
 # --- Remote-code InternVL (InternVLChatModel, family internvl-chat) --------------------------------------------
 # OpenGVLab/InternVL2_5-8B, InternVL3-{8B,78B}, InternVL3_5-8B config.json: "vision_config" + "llm_config" as
 # InternVL2, 448 px tiles, pixel shuffle 0.5. The V2_5 towers have InternViT-300M/6B's shapes.
-_INTERN_VIT_300M: Config = {
-    "model_type": "intern_vit_6b",
-    "architectures": ["InternVisionModel"],
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_attention_heads": 16,
-    "num_hidden_layers": 24,
-    "image_size": 448,
-    "patch_size": 14,
-    "num_channels": 3,
-    "hidden_act": "gelu",
-    "norm_type": "layer_norm",
-    "layer_norm_eps": 1e-06,
-    "qk_normalization": False,
-    "qkv_bias": True,
-    "initializer_factor": 1.0,
-    "use_flash_attn": False,
-}
-_INTERN_VIT_6B: Config = {
-    **_INTERN_VIT_300M,
-    "hidden_size": 3200,
-    "intermediate_size": 12800,
-    "num_attention_heads": 25,
-    "num_hidden_layers": 45,
-    "norm_type": "rms_norm",
-    "qk_normalization": True,
-    "qkv_bias": False,
-    "initializer_factor": 0.1,
-}
 
 
 def _internvl_chat(vision: Config, llm: Config, template: str) -> Config:
