@@ -199,16 +199,12 @@ def test_a_split_vision_block_fails_with_its_cause_and_the_whole_block_fixes_it(
     assert verdict.verified and verdict.fixed_map is not None and verdict.fixed_map[block] == base
 
 
-def test_a_cached_qwen2_5_vl_checkpoint_resolves_to_its_family(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cached_qwen2_5_vl_checkpoint_resolves_to_its_family(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, no_network: None
+) -> None:
     """pretrained=Qwen/Qwen2.5-VL-7B-Instruct from a hub cache laid out as huggingface_hub writes it, offline."""
     import json
-    import socket
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("diag tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
     for name in ("HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
