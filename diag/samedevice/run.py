@@ -11,12 +11,13 @@ import itertools
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from diag.noise import captured_warnings
+from diag.samedevice.repeats import Repeats, pass_through_repeats
 from diag.twins import ModelSpec, build_tiny, example_input_sets
 from diag.twins.families import family_named
 
@@ -40,6 +41,8 @@ class RunResult:
     # Wall time of each part that ran: build, dispatch, and forward + generate ("run").
     parts: tuple[tuple[str, float], ...] = ()
     inputs_device: str = "cuda:0"  # where the run put the inputs, as the eval kits do
+    # Blocks passed through as repeats of their neighbours (diag/samedevice/repeats.py); 0 with every_block.
+    repeats_skipped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -153,10 +156,12 @@ def run_twin(
     simulated_gpus: int | None,
     seed: int = 0,
     inputs_device: str = "cuda:0",
+    every_block: bool = False,
 ) -> RunResult:
     """Build the tiny twin, dispatch it with the map and run it; a device error is a result, not an exception.
 
-    `simulated_gpus` is the number of virtual GPUs (None: the process's real GPUs).
+    `simulated_gpus` is the number of virtual GPUs (None: the process's real GPUs). Blocks that repeat their
+    neighbours exactly pass their input through (diag/samedevice/repeats.py) unless `every_block`.
     """
     start = time.perf_counter()
     with _one_thread():
@@ -164,7 +169,7 @@ def run_twin(
             model = build_tiny(spec, seed=seed)
         except Exception as exc:  # a config the twin classes cannot take is a finding (FWD-008)
             return RunResult("build", f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
-        return _run(spec, model, device_map, simulated_gpus, inputs_device, start)
+        return _run(spec, model, device_map, simulated_gpus, inputs_device, start, every_block)
 
 
 @contextlib.contextmanager
@@ -188,23 +193,32 @@ def _run(
     simulated_gpus: int | None,
     inputs_device: str,
     start: float,
+    every_block: bool = False,
 ) -> RunResult:
     stage = "dispatch"
     marks = [("", start), ("build", time.perf_counter())]  # (part, when it ended)
+    repeats = Repeats()
     with _devices(simulated_gpus, model) as virtual:
         try:
             dispatch(model, device_map)
             marks.append(("dispatch", time.perf_counter()))
+            if not every_block:
+                repeats = pass_through_repeats(model, device_map)
             for stage in run_stages(spec, model, inputs_device):  # noqa: B007 (the stage reached is reported)
                 pass
         except RuntimeError as exc:
-            return _failure(stage, exc, virtual, time.perf_counter() - start, _parts(marks), inputs_device)
+            return replace(_failure(stage, exc, virtual, time.perf_counter() - start, _parts(marks), inputs_device),
+                           repeats_skipped=repeats.passed_through)  # fmt: skip
         except Exception as exc:  # a twin the map cannot run (meta tensors left …), or code that fails here at all
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             return RunResult(stage, f"{type(exc).__name__}: {text}", seconds=time.perf_counter() - start,
-                             parts=_parts(marks), inputs_device=inputs_device)  # fmt: skip
+                             parts=_parts(marks), inputs_device=inputs_device,
+                             repeats_skipped=repeats.passed_through)  # fmt: skip
+        finally:
+            repeats.undo()
     marks.append(("run", time.perf_counter()))
-    return RunResult(None, seconds=time.perf_counter() - start, parts=_parts(marks))
+    return RunResult(None, seconds=time.perf_counter() - start, parts=_parts(marks),
+                     repeats_skipped=repeats.passed_through)  # fmt: skip
 
 
 def _parts(marks: list[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
