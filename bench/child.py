@@ -134,7 +134,10 @@ def preset_twins(request: Mapping[str, Any]) -> dict[str, Any]:
             continue
         prepared.append((spec, forced_map(build_meta(spec), gpus, spec.family)))
     samples: dict[str, list[float]] = {spec.name: [] for spec, _ in prepared}
+    parts: dict[str, list[dict[str, float]]] = {spec.name: [] for spec, _ in prepared}
     failed: dict[str, str] = {}
+    verdicts: dict[str, tuple[Any, ...]] = {}
+    skipped: dict[str, int] = {}
     for round_ in range(int(request["repeat"]) + 1):
         for spec, device_map in prepared:
             result = run_twin(spec, device_map, simulated_gpus=gpus)
@@ -142,8 +145,24 @@ def preset_twins(request: Mapping[str, Any]) -> dict[str, Any]:
                 failed[spec.name] = f"{result.stage}: {(result.error or '')[:100]}"
             if round_:  # round 0 is the warm-up
                 samples[spec.name].append(result.seconds)
-    return {"gpus": gpus, "samples": samples, "unavailable": unavailable, "failed": failed,
-            "families": {spec.name: spec.family for spec, _ in prepared}}  # fmt: skip
+                parts[spec.name].append(dict(result.parts))
+            verdicts[spec.name] = (result.stage, result.op, result.devices, result.module, result.error)
+            skipped[spec.name] = result.repeats_skipped
+    # Once more with every block run (no repeats passed through): the verdict must be the same, and the time
+    # says what passing repeats through saves.
+    every: dict[str, dict[str, Any]] = {}
+    for spec, device_map in prepared:
+        result = run_twin(spec, device_map, simulated_gpus=gpus, every_block=True)
+        full = (result.stage, result.op, result.devices, result.module, result.error)
+        every[spec.name] = {
+            "seconds": result.seconds,
+            "same_verdict": full == verdicts[spec.name],
+            "verdict": [str(v) for v in full],
+            "fast_verdict": [str(v) for v in verdicts[spec.name]],
+        }
+    return {"gpus": gpus, "samples": samples, "parts": parts, "unavailable": unavailable, "failed": failed,
+            "families": {spec.name: spec.family for spec, _ in prepared}, "every_block": every,
+            "repeats_skipped": skipped}  # fmt: skip
 
 
 def _layers(spec: Any) -> int:

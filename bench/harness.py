@@ -303,6 +303,10 @@ TARGETS = (
     Target("env checks, 64 / 4 simulated GPUs (whole run)", "env_gpu_ratio", 1.2),
     Target("twin run, 80 / 8 layers", "layers_ratio", 3.0),
     Target("slowest run at the bounds (1,000 GPUs; 100,000 map keys)", "bounds_slowest_s", 30.0, "s"),
+    Target("slowest preset's tiny twin over 8 virtual GPUs", "presets_slowest_s", 1.0, "s"),
+    Target("presets whose verdict differs with every block run", "presets_verdicts_differ", 0.0, "presets"),
+    Target("largest preset: meta build + auto plan", "plan_largest_s", 5.0, "s"),
+    Target("largest preset: peak RSS of planning", "plan_largest_rss_mib", 1536.0, "MiB"),
     Target("env checks, seconds added from 4 to 64 GPUs", "env_gpu_added_s", 0.0, "s", informational=True),
     Target("suite -n 2 / serial (needs spare cores)", "xdist_ratio", 1.0, informational=True),
 )

@@ -235,7 +235,13 @@ def section_plan(repeat: int, presets: Sequence[str]) -> Section:
     ]
     headers = ("preset", "params B", "build s", "plan s", "total s", "min-max s", "devices", "peak RSS MiB")
     table = format_table(f"Planning per preset ({PLAN_GPUS} GPUs)", headers, rows, notes)
-    return Section("plan", table, {"gpus": PLAN_GPUS, "notes": notes, "presets": data})
+    section = Section("plan", table, {"gpus": PLAN_GPUS, "notes": notes, "presets": data})
+    largest = max(presets, key=lambda p: data[p]["params_b"])  # the largest MoE preset when every preset runs
+    section.figures = {
+        "plan_largest_s": data[largest]["total_s"]["median"],
+        "plan_largest_rss_mib": data[largest]["peak_rss_mib"]["max"],
+    }
+    return section
 
 
 def twin_section(
@@ -304,20 +310,35 @@ def section_presets(repeat: int, presets: Sequence[str]) -> Section:
     rows, data = [], {}
     for name, seconds in out["samples"].items():
         stats = Stats(seconds)
-        rows.append((name, out["families"][name], stats.median, spread(stats), "yes" if stats.median < 1.0 else "NO"))
-        data[name] = {"family": out["families"][name], "total_s": stats.as_json()}
+        run_part = Stats([p.get("run", 0.0) for p in out["parts"][name]])
+        every = out["every_block"][name]
+        rows.append((name, out["families"][name], stats.median, spread(stats), run_part.median,
+                     out["repeats_skipped"][name], every["seconds"], "yes" if every["same_verdict"] else "NO",
+                     "yes" if stats.median < 1.0 else "NO"))  # fmt: skip
+        data[name] = {"family": out["families"][name], "total_s": stats.as_json(), "run_s": run_part.as_json(),
+                      "repeats_skipped": out["repeats_skipped"][name], "every_block": every}  # fmt: skip
+    same = sum(1 for e in out["every_block"].values() if e["same_verdict"])
     notes = [
         f"build_tiny + dispatch + forward and 2-token generate on every input set (image; video for Qwen-VL), "
         f"forced over {PRESET_GPUS} virtual GPUs with forced_map; medians of {repeat} warm runs; peak RSS of the "
         f"process {sample.peak_rss_mib:.0f} MiB",
+        "run s: forward + generate alone; skipped: blocks passed through as repeats (every forward of the run); "
+        "every-block s: one run with every block run (run_twin(every_block=True)); same verdict: that run's stage, "
+        f"op, devices, module and error equal the default run's ({same} of {len(out['every_block'])})",
         *(f"{name}: not run on this stack ({why})" for name, why in out["unavailable"].items()),
         *(f"{name}: the forced map fails (timed to the failure) at {why}" for name, why in out["failed"].items()),
     ]
-    headers = ("preset", "family", "total s", "min-max s", "< 1 s")
+    headers = ("preset", "family", "total s", "min-max s", "run s", "skipped", "every-block s", "same verdict", "< 1 s")
     table = format_table(f"Tiny twins of every preset ({PRESET_GPUS} virtual GPUs)", headers, rows, notes)
-    return Section("presets", table, {"gpus": PRESET_GPUS, "presets": data, "unavailable": out["unavailable"],
+    section = Section("presets", table, {"gpus": PRESET_GPUS, "presets": data, "unavailable": out["unavailable"],
                                       "failed": out["failed"],
                                       "peak_rss_mib": sample.peak_rss_mib, "notes": notes})  # fmt: skip
+    if data:
+        section.figures = {
+            "presets_slowest_s": max(d["total_s"]["median"] for d in data.values()),
+            "presets_verdicts_differ": float(len(data) - same),
+        }
+    return section
 
 
 def section_layers(repeat: int, layers: Sequence[int]) -> Section:

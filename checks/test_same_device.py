@@ -61,7 +61,8 @@ def test_twin_runs_with_the_map(
         pytest.skip("torch in this process cannot use the GPUs (see test_torch_is_a_cuda_build_the_driver_supports)")
     verdict = check_run(case.model, device_map, simulated_gpus=simulated, meta_model=meta_model, replan=replan)
     check.record("run", {"map": {k: str(v) for k, v in device_map.items()}, "stage": verdict.result.stage,
-                         "seconds": round(verdict.result.seconds, 3)})  # fmt: skip
+                         "seconds": round(verdict.result.seconds, 3),
+                         "repeats_skipped": verdict.result.repeats_skipped})  # fmt: skip
     if verdict.result.ok:
         return
     map_text = "a map forced across every GPU" if forced else case.source.text
