@@ -5,7 +5,10 @@ What is built, how it is shrunk and what it is fed come from the model's family 
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -51,7 +54,14 @@ def build_meta(spec: ModelSpec) -> nn.Module:
 
 def tiny_config(spec: ModelSpec) -> dict[str, Any]:
     """The family's tiny config of the spec: every layer count and module name kept, every width shrunk."""
-    return family_named(spec.family).tiny_config(spec.config)
+    return copy.deepcopy(_tiny_config(spec.family, json.dumps(dict(spec.config), sort_keys=True, default=str)))
+
+
+@lru_cache(maxsize=64)
+def _tiny_config(family: str, config_json: str) -> dict[str, Any]:
+    # A pure function of the config, and not free (a MoE family builds a meta probe to see how it holds its
+    # experts): a session runs the same twin for every map case and every fix it verifies.
+    return family_named(family).tiny_config(json.loads(config_json))
 
 
 def build_tiny(spec: ModelSpec, *, seed: int = 0) -> nn.Module:
