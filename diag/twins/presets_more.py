@@ -131,8 +131,9 @@ _IDEFICS3_8B: Config = {
 # Checked against https://huggingface.co/HuggingFaceTB/SmolVLM2-2.2B-Instruct/blame/main/config.json (commit f33043d;
 # its head: smolvlm, <image> 49190, scale_factor 3, text head_dim 64 / 2048 / 8192 / 24 layers / 8192 positions,
 # pad 2, no num_attention_heads, so LlamaConfig's 32 with 32 key-value heads) and generation_config.json (eos 49279,
-# so vocab >= 49280). Not in the fetched excerpt, so not verified: vocab 49280 exactly, rope_theta 130000, the
-# vision fields; together they give 2.2468B against the two shards' 8.99 GB in float32 (2.2475B).
+# so vocab >= 49280). Not in the fetched excerpt, so not verified: vocab 49280 exactly, rope_theta 130000 (that is
+# HuggingFaceTB/SmolLM2-1.7B-Instruct's, as copies of its config.json show), the vision fields; together they give
+# 2.2468B against the two shards' 8.99 GB in float32 (2.2475B).
 _SMOLVLM2_2B: Config = {
     "model_type": "smolvlm",
     "architectures": ["SmolVLMForConditionalGeneration"],
@@ -228,11 +229,12 @@ def _internvl_hf(vision: Config, text: Config) -> Config:
 # --- GLM-4.1V ---------------------------------------------------------------------------------------------------
 # zai-org/GLM-4.1V-9B-Thinking/config.json: GLM-4 9B LM (40 layers, width 4096, 2 key/value heads, half-rotary
 # M-RoPE sections 8/12/12, vocab 151552) and a 24-block ViT (width 1536) at 336 px, patch 14, merge 2.
-# Not verified against a fetched config.json (the hub file was not in the searched material). The shape fields and
-# token ids equal transformers 5.24's Glm4vConfig / Glm4vTextConfig / Glm4vVisionConfig defaults, which that file
-# documents as zai-org/GLM-4.1V-9B-Thinking's (configuration_glm4v.py, @auto_docstring(checkpoint=...)), and
-# Ascend/MindSpeed-MM examples/glm4.1v/model_9b.json (tag 2.3.0) has the same ViT (24/1536/12 heads/out 4096);
-# max_position_embeddings 65536 (the card's "64k context") and rope_theta 10000 are not verified.
+# The zai-org file itself was not in the searched material. Checked against the full-width copy in
+# https://huggingface.co/hf-internal-testing/tiny-processor-glm4v/blob/main/config.json (transformers 4.57.1; text
+# 4096/13696/40/32/2, vocab 151552, 65536 positions, theta 10000, half rotary, mrope 8/12/12, attention bias, eos
+# [151329, 151336, 151338, 151348]; ViT 1536/24/12 heads/13696/336 px), against a fine-tune's copy (huggingface.co/
+# minglanga/GeoSolver, config.json: the same fields), and against transformers 5.24's Glm4v*Config defaults, which
+# configuration_glm4v.py documents as zai-org/GLM-4.1V-9B-Thinking's. Size matches the hub's 10.3B.
 _GLM41V_9B: Config = {
     "model_type": "glm4v",
     "architectures": ["Glm4vForConditionalGeneration"],
@@ -259,7 +261,7 @@ _GLM41V_9B: Config = {
         "rope_theta": 10000.0,
         "rope_scaling": {"rope_type": "default", "mrope_section": [8, 12, 12]},
         "pad_token_id": 151329,
-        "eos_token_id": [151329, 151336, 151338],
+        "eos_token_id": [151329, 151336, 151338, 151348],
         "tie_word_embeddings": False,
     },
     "vision_config": {

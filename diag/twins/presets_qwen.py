@@ -169,8 +169,11 @@ PRESET_TABLE: dict[str, tuple[str, Config, tuple[str, ...], str]] = {
         _ids("Qwen2.5-VL-72B-Instruct"),
         "bfloat16",
     ),
-    # Qwen3-VL-2B/4B/8B: LM fields are Qwen3-1.7B/4B/8B's (vocab 151936, head_dim 128); not checked against a fetched
-    # Qwen3-VL config.json here. Sizes match the cards (2.13B, 4.44B, 8.77B) to their rounding.
+    # Qwen3-VL-2B and -4B checked against verbatim copies of their config.json in public repositories (transformers
+    # 4.57.0.dev0 files: 2B text 2048/6144/28/16/8, 4B text 2560/9728/36/32/8, both head_dim 128, tied, 262144
+    # positions, theta 5e6, mrope [24, 20, 20] interleaved; ViT 24/1024/4096/16 heads, deepstack [5, 11, 17], out =
+    # text width). Qwen3-VL-8B (Qwen3-8B's LM, the 27-block ViT) not checked against a fetched file. Sizes match the
+    # cards (2.13B, 4.44B, 8.77B) to their rounding.
     "qwen3-vl-2b": (
         "qwen3-vl",
         _qwen3_vl(2048, 6144, 28, 16, 8, tie=True, vit=_VIT_SMALL),
@@ -198,8 +201,9 @@ PRESET_TABLE: dict[str, tuple[str, Config, tuple[str, ...], str]] = {
         _ids("Qwen3-VL-32B-Instruct", "Qwen3-VL-32B-Thinking"),
         "bfloat16",
     ),
-    # MoE sizes (128 experts, top-8, expert MLP 768 / 1536) not checked against a fetched config.json; the totals
-    # match the cards (31.1B, 236B) to their rounding.
+    # 30B-A3B's LM equals Qwen3-30B-A3B's as public copies of that config.json show (48 layers, 2048, 32 heads / 4
+    # kv, 128 experts, top-8, expert MLP 768, norm_topk_prob); the Qwen3-VL MoE files themselves and 235B-A22B's
+    # expert MLP 1536 were not checked against a fetched file. The totals match the cards (31.1B, 236B).
     "qwen3-vl-30b-a3b": (
         "qwen3-vl-moe",
         _qwen3_vl(2048, 6144, 48, 32, 4, tie=False, vit=_VIT_LARGE, moe=_moe(128, 8, 768)),
