@@ -80,6 +80,11 @@ def _llava_onevision(text: Config) -> Config:
 # --- Idefics3 / SmolVLM2 --------------------------------------------------------------------------------------
 # HuggingFaceM4/Idefics3-8B-Llama3/config.json: Llama-3.1-8B-Instruct (vocab 128256 + 3 added tokens, <image> =
 # 128257) and SigLIP-so400m at 364 px (27 layers), pixel shuffle 2 -> 169 tokens per 364 px tile.
+# Checked against https://huggingface.co/HuggingFaceM4/Idefics3-8B-Llama3/blob/92a708af3b96e7fe9aeac5d439a1f64083868a05/
+# config.json (its head: <image> 128257, scale_factor 2, 4096/14336, 131072 positions, eos [128001, 128008,
+# 128009]) and generation_config.json at e493ce0 (eos 128258 = the third added token, so vocab >= 128259). The
+# vision fields and the text heads/kv-heads/vocab were not in the fetched excerpt; they give 8.462B against the
+# four safetensors shards' 16.93 GB in bf16 (8.46B).
 _IDEFICS3_8B: Config = {
     "model_type": "idefics3",
     "architectures": ["Idefics3ForConditionalGeneration"],
@@ -123,6 +128,12 @@ _IDEFICS3_8B: Config = {
 # HuggingFaceTB/SmolVLM2-2.2B-Instruct/config.json: SmolLM2-1.7B (24 layers, width 2048, vocab 49280 with the
 # added image/video tokens, <image> = 49190, untied head) and SigLIP-so400m at 384 px (27 layers), pixel shuffle 3
 # -> 81 tokens per 384 px tile.
+# Checked against https://huggingface.co/HuggingFaceTB/SmolVLM2-2.2B-Instruct/blame/main/config.json (commit f33043d;
+# its head: smolvlm, <image> 49190, scale_factor 3, text head_dim 64 / 2048 / 8192 / 24 layers / 8192 positions,
+# pad 2, no num_attention_heads, so LlamaConfig's 32 with 32 key-value heads) and generation_config.json (eos 49279,
+# so vocab >= 49280). Not in the fetched excerpt, so not verified: vocab 49280 exactly, rope_theta 130000 (that is
+# HuggingFaceTB/SmolLM2-1.7B-Instruct's, as copies of its config.json show), the vision fields; together they give
+# 2.2468B against the two shards' 8.99 GB in float32 (2.2475B).
 _SMOLVLM2_2B: Config = {
     "model_type": "smolvlm",
     "architectures": ["SmolVLMForConditionalGeneration"],
@@ -159,6 +170,10 @@ _SMOLVLM2_2B: Config = {
 # --- InternVL3 (-hf native ports, transformers' InternVLForConditionalGeneration) ------------------------------
 # OpenGVLab/InternVL3-8B-hf/config.json (quoted in vllm-project/vllm#17634): <IMG_CONTEXT> = 151667, 256 tokens
 # per 448 px tile, pixel shuffle 0.5, Qwen2.5 LM with vocab 151674; InternViT-300M-448px-V2_5 as internvl_vision.
+# The -hf layout (image_token_id 151667, image_seq_length 256, downsample 0.5, gelu projector, Qwen2 text_config
+# with vocab 151674 and dynamic rope factor 2.0) checked against https://huggingface.co/hf-internal-testing/
+# tiny-processor-internvl/blame/main/config.json (46d1c84, InternVL3-1B-hf's layout); the 8B/78B text widths against
+# Ascend/MindSpeed-MM examples/internvl3/model_8B.json and model_78B.json (tag 2.3.0, gitcode.com).
 _INTERNVL_VISION_300M: Config = {
     "model_type": "internvl_vision",
     "hidden_size": 1024,
@@ -189,6 +204,12 @@ _INTERNVL_VISION_6B: Config = {
 }
 
 
+def _internvl3_lm(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int) -> Config:
+    # InternVL3's Qwen2.5 LMs: vocab 151674 (InternVL's added tokens), dynamic rope factor 2.0 (sources above).
+    return {**_qwen2(hidden, intermediate, layers, heads, kv_heads, 151674, tie=False),
+            "rope_scaling": {"type": "dynamic", "factor": 2.0}}  # fmt: skip
+
+
 def _internvl_hf(vision: Config, text: Config) -> Config:
     return {
         "model_type": "internvl",
@@ -208,6 +229,12 @@ def _internvl_hf(vision: Config, text: Config) -> Config:
 # --- GLM-4.1V ---------------------------------------------------------------------------------------------------
 # zai-org/GLM-4.1V-9B-Thinking/config.json: GLM-4 9B LM (40 layers, width 4096, 2 key/value heads, half-rotary
 # M-RoPE sections 8/12/12, vocab 151552) and a 24-block ViT (width 1536) at 336 px, patch 14, merge 2.
+# The zai-org file itself was not in the searched material. Checked against the full-width copy in
+# https://huggingface.co/hf-internal-testing/tiny-processor-glm4v/blob/main/config.json (transformers 4.57.1; text
+# 4096/13696/40/32/2, vocab 151552, 65536 positions, theta 10000, half rotary, mrope 8/12/12, attention bias, eos
+# [151329, 151336, 151338, 151348]; ViT 1536/24/12 heads/13696/336 px), against a fine-tune's copy (huggingface.co/
+# minglanga/GeoSolver, config.json: the same fields), and against transformers 5.24's Glm4v*Config defaults, which
+# configuration_glm4v.py documents as zai-org/GLM-4.1V-9B-Thinking's. Size matches the hub's 10.3B.
 _GLM41V_9B: Config = {
     "model_type": "glm4v",
     "architectures": ["Glm4vForConditionalGeneration"],
@@ -234,7 +261,7 @@ _GLM41V_9B: Config = {
         "rope_theta": 10000.0,
         "rope_scaling": {"rope_type": "default", "mrope_section": [8, 12, 12]},
         "pad_token_id": 151329,
-        "eos_token_id": [151329, 151336, 151338],
+        "eos_token_id": [151329, 151336, 151338, 151348],
         "tie_word_embeddings": False,
     },
     "vision_config": {
@@ -260,6 +287,13 @@ _GLM41V_9B: Config = {
 # defaults are that checkpoint's, transformers docs model_doc/phi4_multimodal): Phi-4-mini LM (32 layers, width
 # 3072, 24 heads, 8 key/value heads, vocab 200064, tied embeddings), a SigLIP-style tower at 448 px (27 layers)
 # and the 24-block conformer audio encoder. The longrope factors are left out (they steer values, not shapes).
+# Checked: the vision and audio fields equal transformers 5.24's Phi4MultimodalVisionConfig/AudioConfig defaults
+# (documented as microsoft/Phi-4-multimodal-instruct's) and the original checkpoint's audio_processor block
+# (attention_dim 1024, 16 heads, linear_units 1536, 24 blocks, conv_channels 1024, input 80, time_reduction 8) as
+# copies of its config.json show (e.g. huggingface.co/ysdede/Phi-4-mm-inst-asr-turkish-3, raw config.json at
+# af74398). The LM heads are 24 / 8 as in microsoft/Phi-4-mini-instruct's config.json (onnx-community/
+# Phi-4-mini-instruct-ONNX-MHA copy), not Phi4MultimodalConfig's default 32; tie_word_embeddings True (Phi-4-mini's)
+# is not verified against the multimodal file itself.
 _PHI4_MM: Config = {
     "model_type": "phi4_multimodal",
     "architectures": ["Phi4MultimodalForCausalLM"],
@@ -309,6 +343,14 @@ _PHI4_MM: Config = {
 # --- Remote-code InternVL (InternVLChatModel, family internvl-chat) --------------------------------------------
 # OpenGVLab/InternVL2_5-8B, InternVL3-{8B,78B}, InternVL3_5-8B config.json: "vision_config" + "llm_config" as
 # InternVL2, 448 px tiles, pixel shuffle 0.5. The V2_5 towers have InternViT-300M/6B's shapes.
+# Checked: InternVL3_5-8B's llm_config (Qwen3-8B: 4096/12288/36/32/8, head_dim 128, 40960 positions, vocab 151936,
+# theta 1e6) in https://huggingface.co/OpenGVLab/InternVL3_5-8B/blob/refs%2Fpr%2F12/config.json; InternVL3-78B's
+# (8192/29568) in huggingface.co/OpenGVLab/InternVL3-78B-Instruct/blob/main/config.json; InternVL3-8B/78B's
+# vocab 151674, 32768 positions and dynamic rope factor 2.0 in the MindSpeed-MM files above; InternVL2_5-8B's
+# llm_config is internlm/internlm2_5-7b-chat's (InternLM2ForCausalLM, no bias, bos 1 / eos 2) as the head of a
+# copy of its config.json shows (huggingface.co/zhouxihong/InternVL2_5-8B-AWQ, config.json at e303f50); its
+# widths and vocab 92553 were not in the fetched excerpt (92553 is InternVL2-8B's, OpenGVLab/InternVL2-8B-MPO commit
+# 1e37f9f). Sizes match the cards (8.08B, 7.94B, 78.4B, 8.53B) to their rounding.
 
 
 def _internvl_chat(vision: Config, llm: Config, template: str) -> Config:
@@ -396,13 +438,13 @@ PRESET_TABLE: dict[str, tuple[str, Config, tuple[str, ...], str]] = {
     "idefics3-8b": ("idefics3", _IDEFICS3_8B, ("HuggingFaceM4/Idefics3-8B-Llama3",), "bfloat16"),
     "internvl3-8b-hf": (
         "internvl-hf",
-        _internvl_hf(_INTERNVL_VISION_300M, _qwen2(3584, 18944, 28, 28, 4, 151674, tie=False)),
+        _internvl_hf(_INTERNVL_VISION_300M, _internvl3_lm(3584, 18944, 28, 28, 4)),
         ("OpenGVLab/InternVL3-8B-hf",),
         "bfloat16",
     ),
     "internvl3-78b-hf": (
         "internvl-hf",
-        _internvl_hf(_INTERNVL_VISION_6B, _qwen2(8192, 29568, 80, 64, 8, 151674, tie=False)),
+        _internvl_hf(_INTERNVL_VISION_6B, _internvl3_lm(8192, 29568, 80, 64, 8)),
         ("OpenGVLab/InternVL3-78B-hf",),
         "bfloat16",
     ),
@@ -418,7 +460,7 @@ PRESET_TABLE: dict[str, tuple[str, Config, tuple[str, ...], str]] = {
         "internvl-chat",
         _internvl_chat(
             _INTERN_VIT_300M,
-            {**_qwen2(3584, 18944, 28, 28, 4, 151674, tie=False), "max_position_embeddings": 32768},
+            _internvl3_lm(3584, 18944, 28, 28, 4),
             "internvl2_5",
         ),
         ("OpenGVLab/InternVL3-8B",),
@@ -426,7 +468,7 @@ PRESET_TABLE: dict[str, tuple[str, Config, tuple[str, ...], str]] = {
     ),
     "internvl3-78b": (
         "internvl-chat",
-        _internvl_chat(_INTERN_VIT_6B, _qwen2(8192, 29568, 80, 64, 8, 151674, tie=False), "internvl2_5"),
+        _internvl_chat(_INTERN_VIT_6B, _internvl3_lm(8192, 29568, 80, 64, 8), "internvl2_5"),
         ("OpenGVLab/InternVL3-78B",),
         "bfloat16",
     ),

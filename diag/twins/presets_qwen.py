@@ -132,30 +132,48 @@ def _ids(*names: str) -> tuple[str, ...]:
 
 # name -> (family, config, hub ids, torch_dtype)
 PRESET_TABLE: dict[str, tuple[str, Config, tuple[str, ...], str]] = {
+    # Checked: text fields (2048/11008/36/16/2, vocab 151936 tied, max_window_layers 70, 128000 positions) in copies
+    # of https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct/raw/main/config.json ("_name_or_path" of
+    # huggingface.co/zyoNoob/Qwen2.5-VL-3B-Instruct-AWQ and dahwinsingularity/vllm2, config.json); vision 3420 not seen
+    # in a fetched 3B file (the hub file omits it; 3420 is Qwen2_5_VLVisionConfig's default), size matches 3.75B.
     "qwen2.5-vl-3b": (
         "qwen2.5-vl",
         _qwen2_5_vl(2048, 11008, 36, 16, 2, 151936, tie=True, vision_mlp=3420, window_layers=70),
         _ids("Qwen2.5-VL-3B-Instruct"),
         "bfloat16",
     ),
+    # Checked against https://huggingface.co/Qwen/Qwen2.5-VL-7B-Instruct/blame/main/config.json (commit a22b9b2):
+    # 3584/18944/28/28/4, vocab 152064, untied, 128000 positions; ViT depth 32, 1280, MLP 3420, 16 heads, window 112.
     "qwen2.5-vl-7b": (
         "qwen2.5-vl",
         _qwen2_5_vl(3584, 18944, 28, 28, 4, 152064, tie=False, vision_mlp=3420, window_layers=28),
         _ids("Qwen2.5-VL-7B-Instruct"),
         "bfloat16",
     ),
+    # Checked: 5120/27648/64/40/8, vocab 152064; ViT width 1280, MLP 3456, out 5120 as a public repository quotes
+    # https://huggingface.co/Qwen/Qwen2.5-VL-32B-Instruct/raw/main/config.json (not fetched here); max_window_layers
+    # (no effect on shapes) not verified. Size matches 33.5B.
     "qwen2.5-vl-32b": (
         "qwen2.5-vl",
         _qwen2_5_vl(5120, 27648, 64, 40, 8, 152064, tie=False, vision_mlp=3456, window_layers=64),
         _ids("Qwen2.5-VL-32B-Instruct"),
         "bfloat16",
     ),
+    # Checked: https://huggingface.co/Qwen/Qwen2.5-VL-72B-Instruct-AWQ/blob/666b8f5f61eebf73e8deff3e33a0f8934038d69f/
+    # config.json (Qwen's own AWQ of this model, vision tower left unquantized): ViT MLP 3456, out 8192, 80/64/8.
+    # Its LM intermediate_size 29696 is padded for AWQ tensor parallelism (Qwen2-VL-72B's GPTQ repos pad the same
+    # way); the bf16 checkpoint's 29568 (Qwen2.5-72B's) is what gives the card's 73.4B (29696 would give 73.66B).
     "qwen2.5-vl-72b": (
         "qwen2.5-vl",
         _qwen2_5_vl(8192, 29568, 80, 64, 8, 152064, tie=False, vision_mlp=3456, window_layers=80),
         _ids("Qwen2.5-VL-72B-Instruct"),
         "bfloat16",
     ),
+    # Qwen3-VL-2B and -4B checked against verbatim copies of their config.json in public repositories (transformers
+    # 4.57.0.dev0 files: 2B text 2048/6144/28/16/8, 4B text 2560/9728/36/32/8, both head_dim 128, tied, 262144
+    # positions, theta 5e6, mrope [24, 20, 20] interleaved; ViT 24/1024/4096/16 heads, deepstack [5, 11, 17], out =
+    # text width). Qwen3-VL-8B (Qwen3-8B's LM, the 27-block ViT) not checked against a fetched file. Sizes match the
+    # cards (2.13B, 4.44B, 8.77B) to their rounding.
     "qwen3-vl-2b": (
         "qwen3-vl",
         _qwen3_vl(2048, 6144, 28, 16, 8, tie=True, vit=_VIT_SMALL),
@@ -174,12 +192,18 @@ PRESET_TABLE: dict[str, tuple[str, Config, tuple[str, ...], str]] = {
         _ids("Qwen3-VL-8B-Instruct", "Qwen3-VL-8B-Thinking"),
         "bfloat16",
     ),
+    # Checked against the Qwen/Qwen3-VL-32B-Instruct config.json a public repository ships verbatim ("SHIPPED_CONFIG"
+    # of a MiniMax H3 test): 5120/25600/64 layers/64 heads/8 kv, head_dim 128, 262144 positions, theta 5e6;
+    # ViT 27/1152/4304/16, out 5120, deepstack [8, 16, 24], 2304 positions.
     "qwen3-vl-32b": (
         "qwen3-vl",
         _qwen3_vl(5120, 25600, 64, 64, 8, tie=False, vit=_VIT_LARGE),
         _ids("Qwen3-VL-32B-Instruct", "Qwen3-VL-32B-Thinking"),
         "bfloat16",
     ),
+    # 30B-A3B's LM equals Qwen3-30B-A3B's as public copies of that config.json show (48 layers, 2048, 32 heads / 4
+    # kv, 128 experts, top-8, expert MLP 768, norm_topk_prob); the Qwen3-VL MoE files themselves and 235B-A22B's
+    # expert MLP 1536 were not checked against a fetched file. The totals match the cards (31.1B, 236B).
     "qwen3-vl-30b-a3b": (
         "qwen3-vl-moe",
         _qwen3_vl(2048, 6144, 48, 32, 4, tie=False, vit=_VIT_LARGE, moe=_moe(128, 8, 768)),
