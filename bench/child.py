@@ -67,7 +67,9 @@ def plan(preset: str, gpus: int) -> dict[str, Any]:
 
 
 def twins(request: Mapping[str, Any]) -> dict[str, Any]:
-    """Tiny-twin runs (build, dispatch, forward + 2-token generate) at each (layers, virtual GPUs) point.
+    """Tiny-twin runs (build, dispatch, forward + 2-token generate) at each (layers, virtual GPUs) point, with
+    every block run (what the ratios measure: the cost of depth and of virtual GPUs), and as the check runs them
+    (repeated blocks passed through).
 
     One untimed warm-up run first (lazy imports, transformers' first-call caches); then `repeat` rounds, each
     running every point once, so the points of one round are measured in the same minute.
@@ -85,9 +87,9 @@ def twins(request: Mapping[str, Any]) -> dict[str, Any]:
         device_map = forced_map(build_meta(spec), gpus, spec.family)
         prepared.append((spec, device_map, gpus))
 
-    def once(index: int) -> RunResult:
+    def once(index: int, every_block: bool = True) -> RunResult:
         spec, device_map, gpus = prepared[index]
-        result = run_twin(spec, device_map, simulated_gpus=gpus)
+        result = run_twin(spec, device_map, simulated_gpus=gpus, every_block=every_block)
         if not result.ok:  # a failed run is no timing: say so loudly
             raise RuntimeError(f"{spec.name} over {gpus} virtual GPUs failed at {result.stage}: {result.error}")
         return result
@@ -97,7 +99,9 @@ def twins(request: Mapping[str, Any]) -> dict[str, Any]:
     for _ in range(int(request["repeat"])):
         for index in range(len(points)):
             result = once(index)
-            samples[index].append({"total_s": result.seconds, **{f"{k}_s": v for k, v in result.parts}})
+            fast = once(index, every_block=False)
+            samples[index].append({"total_s": result.seconds, **{f"{k}_s": v for k, v in result.parts},
+                                   "repeats_total_s": fast.seconds})  # fmt: skip
     return {
         "preset": base.name,
         "family": base.family,

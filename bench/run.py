@@ -256,6 +256,7 @@ def twin_section(
     for point in out["points"]:
         parts = {part: Stats([s[f"{part}_s"] for s in point["samples"]]) for part in ("build", "dispatch", "run")}
         total = Stats([s["total_s"] for s in point["samples"]])
+        repeats = Stats([s["repeats_total_s"] for s in point["samples"]])
         rows.append(
             (
                 point[key],
@@ -264,12 +265,14 @@ def twin_section(
                 *(parts[p].median for p in parts),
                 total.median,
                 spread(total),
+                repeats.median,
             )
         )
         data_points.append(
             {
                 **{k: point[k] for k in ("layers", "gpus", "devices_used")},
                 "total_s": total.as_json(),
+                "repeats_total_s": repeats.as_json(),
                 **{f"{p}_s": parts[p].as_json() for p in parts},
             }
         )
@@ -283,12 +286,14 @@ def twin_section(
     other = "layers" if key == "gpus" else "virtual GPUs"
     notes = [
         f"{out['preset']} tiny twin ({out['family']}), forced over the GPUs with forced_map, run_twin with virtual "
-        "CUDA devices; medians of warm runs (one warm-up run first: "
-        f"{out['warmup_s']:.2f} s), rounds interleave the points",
+        "CUDA devices and every block run (run_twin(every_block=True)), which the ratio compares; medians of warm "
+        f"runs (one warm-up run first: {out['warmup_s']:.2f} s), rounds interleave the points",
+        "checks s: the same point as the check runs it (repeated blocks passed through; more GPUs mean more "
+        "device boundaries, so more blocks run)",
         f"ratio {high[key]} vs {low[key]} {key}: {figure:.2f}; peak RSS of the sweep process "
         f"{sample.peak_rss_mib:.0f} MiB",
     ]
-    headers = (key, other, "devices used", "build s", "dispatch s", "run s", "total s", "min-max s")
+    headers = (key, other, "devices used", "build s", "dispatch s", "run s", "total s", "min-max s", "checks s")
     data = {
         "preset": out["preset"],
         "warmup_s": out["warmup_s"],
