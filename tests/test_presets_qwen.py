@@ -53,7 +53,7 @@ def needs_class(name: str) -> None:
         return
     assert f"the installed transformers {transformers.__version__} has no " in reason
     assert f"model_type {spec.config['model_type']!r}" in reason
-    assert f"it came in transformers {SINCE[spec.family]}" in reason
+    assert f"added in transformers {SINCE[spec.family]}" in reason
     assert reason.count("\n") == 0
     pytest.skip(reason)
 
