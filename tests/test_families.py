@@ -277,3 +277,43 @@ def test_code_that_fails_on_one_gpu_too_is_model_005_not_a_map_finding(tmp_path:
         assert verdict.fixed_map is None and not verdict.verified
     finally:
         del _REGISTRY["broken-toy"]
+
+
+# --- the one native base ---------------------------------------------------------------------------------------
+
+NATIVE_FAMILIES = {"llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "qwen3-vl", "qwen3-vl-moe", "generic", "gemma3",
+                   "mllama", "llama4", "llava-onevision", "idefics3", "smolvlm", "internvl-hf", "glm4v",
+                   "phi4-multimodal"}  # fmt: skip
+
+
+def test_every_family_of_installed_classes_has_the_one_native_base() -> None:
+    from diag.twins.families import _native, _native_vlm
+
+    assert {f.name for f in families() if isinstance(f, _native.NativeFamily)} == NATIVE_FAMILIES
+    # The hand-written twins and the remote-code family are not native.
+    assert not any(isinstance(family_named(n), _native.NativeFamily) for n in ("internvl-chat", "cogvlm"))
+    # The former module still gives the same objects, so code written against it keeps working.
+    for name in _native_vlm.__all__:
+        expected = "prompt" if name == "ids_tensor" else name
+        assert getattr(_native_vlm, name) is getattr(_native, expected)
+
+
+def test_a_native_family_without_its_classes_says_so_in_one_line_and_builds_nothing() -> None:
+    from diag.twins.families._native import NativeFamily
+
+    class Missing(NativeFamily):  # not registered: asked directly
+        name = "missing-test"
+        loader = "NoSuchModelForConditionalGeneration"
+        config_class = "LlavaConfig"
+        since = "99.0"
+
+    config = {"model_type": "no_such", "architectures": ["NoSuchModelForConditionalGeneration"]}
+    reason = Missing().unavailable(config)
+    assert reason == (
+        f"the installed transformers {transformers.__version__} has no NoSuchModelForConditionalGeneration "
+        "(model_type 'no_such'; added in transformers 99.0)"
+    )
+    with pytest.raises(ValueError, match="NoSuchModelForConditionalGeneration"):
+        Missing().build(config)
+    Missing.config_class = "NoSuchConfig"
+    assert "has no NoSuchConfig, NoSuchModelForConditionalGeneration (model_type" in str(Missing().unavailable(config))

@@ -22,7 +22,7 @@ from diag.devicemap.plan import plan_device_map
 from diag.samedevice.run import dispatch
 from diag.twins import PRESETS, language_model_layout, preset_for_checkpoint
 from diag.twins.families import Family, family_for, family_named
-from diag.twins.families.mllama import vlmevalkit_90b_split
+from diag.twins.families.mllama import VLMEVALKIT_NAMES, installed_names, vlmevalkit_90b_split
 from diag.twins.presets import PUBLISHED_PARAMS
 from diag.virtual import VirtualCuda
 
@@ -296,22 +296,50 @@ def test_vision_tower_and_projector_on_other_gpus_than_the_embeddings(name: str)
     _on_virtual_gpus(name, device_map)
 
 
-def test_vlmevalkit_90b_split_runs_where_its_names_are_the_installed_ones() -> None:
-    """VLMEvalKit loads every Llama-3.2-90B-Vision with its own split_model: vision on the first GPU, projector
-    and head on the last, keys with 4.45's names. On 4.45 it runs (cross-attention states made on the last GPU
-    reach every layer); on 5.x the model's names are `model.language_model...`, so loading fails with a
-    parameter the map gives no device."""
+def test_the_90b_forced_map_is_vlmevalkits_split_under_the_installed_names() -> None:
+    """VLMEvalKit loads every Llama-3.2-90B-Vision with its own split_model: vision and embeddings on the first GPU,
+    projector, norm and head on the last. The forced map places the parts the same way under the built model's
+    names (4.45: `language_model.model.layers.N`; 5.x: `model.language_model.layers.N`), and runs on both stacks
+    (cross-attention states made on the last GPU reach every layer)."""
     meta = _meta("llama-3.2-90b-vision")
     device_map = family_named("mllama").forced_map(meta, 4)
-    assert device_map == vlmevalkit_90b_split(4)
-    assert [sum(1 for k, v in device_map.items() if ".layers." in k and v == g) for g in range(4)] == [23, 28, 28, 21]
-    assert device_map["vision_model"] == 0 and device_map["multi_modal_projector"] == 3
-    if "language_model.model.layers.0" in _names(meta):
-        _on_virtual_gpus("llama-3.2-90b-vision", device_map)
+    assert device_map is not None
+    names = installed_names(meta)
+    assert set(device_map) <= _names(meta)  # every key a module of the installed class, on either stack
+    assert [sum(1 for k, v in device_map.items() if k.startswith(f"{names['layers']}.") and v == g)
+            for g in range(4)] == [23, 28, 28, 21]  # fmt: skip
+    assert device_map[names["vision"]] == device_map[names["embed"]] == 0
+    assert device_map[names["projector"]] == device_map[names["norm"]] == device_map[names["head"]] == 3
+    if names == VLMEVALKIT_NAMES:  # 4.45: exactly the map VLMEvalKit writes
+        assert device_map == vlmevalkit_90b_split(4)
+    else:  # 5.x: the same placement, renamed
+        assert names["layers"] == "model.language_model.layers" and names["vision"] == "model.vision_model"
+        renamed = {VLMEVALKIT_NAMES[part]: name for part, name in names.items()}
+        literal = vlmevalkit_90b_split(4)
+        assert len(device_map) == len(literal)
+        for key, gpu in literal.items():
+            prefix, _, index = key.rpartition(".")
+            new_key = f"{renamed[prefix]}.{index}" if prefix in renamed and index.isdigit() else renamed[key]
+            assert device_map[new_key] == gpu
+    _on_virtual_gpus("llama-3.2-90b-vision", device_map)
+
+
+def test_vlmevalkits_own_90b_keys_load_only_where_they_are_the_installed_names() -> None:
+    """VLMEvalKit's split_model writes 4.45's names: a transformers that renamed the modules (5.x) leaves the
+    model's parameters without a device, and loading stops there; kit_advice says to use the map's names."""
+    meta = _meta("llama-3.2-90b-vision")
+    literal = vlmevalkit_90b_split(4)
+    assert literal["language_model.model.layers.0"] == 0 and literal["language_model.lm_head"] == 3
+    vlmevalkit_line = next(
+        line for line in family_named("mllama").kit_advice("m.json") if line.startswith("VLMEvalKit")
+    )
+    assert "`language_model.model.layers.N`" in vlmevalkit_line and "`model.language_model.layers.N`" in vlmevalkit_line
+    if set(literal) <= _names(meta):
+        _on_virtual_gpus("llama-3.2-90b-vision", literal)
     else:
         tiny = _tiny("llama-3.2-90b-vision")
         with VirtualCuda(4, model=tiny), pytest.raises(ValueError, match=r"model\.(vision_model|language_model)"):
-            dispatch(tiny, device_map)
+            dispatch(tiny, literal)
 
 
 def test_the_11b_gets_no_forced_split() -> None:

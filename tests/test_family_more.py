@@ -16,9 +16,12 @@ import pytest
 import torch
 import transformers
 from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
 
 from diag.devicemap.plan import plan_device_map
+from diag.samedevice.causes import _unsplittable
 from diag.samedevice.run import dispatch, run_twin
+from diag.samedevice.verify import check_run, forced_map
 from diag.twins import PRESETS, build_meta, build_tiny, language_model_layout, no_split_modules
 from diag.twins.families import Family, family_for, family_named
 from diag.twins.presets import PUBLISHED_PARAMS
@@ -143,8 +146,9 @@ def test_unavailable_names_the_missing_class_or_builds(name: str) -> None:
         assert reason is None
         return
     assert reason is not None and "\n" not in reason
-    assert f"transformers {transformers.__version__} has no {class_name} (added in transformers {since})" in reason
-    with pytest.raises(RuntimeError, match=class_name), torch.device("meta"):
+    assert reason.startswith(f"the installed transformers {transformers.__version__} has no {class_name}")
+    assert reason.endswith(f"(model_type {_config(name)['model_type']!r}; added in transformers {since})")
+    with pytest.raises(ValueError, match=class_name), torch.device("meta"):
         family.build(_config(name))
 
 
@@ -354,3 +358,118 @@ def test_remote_code_internvl_presets_build_and_run_where_the_lm_class_exists(na
     # `auto` over 4 GPUs puts the head on another GPU than the embeddings; how that ends depends on the LM and
     # the installed transformers (InternVL #587), which the fidelity tests of the 2024 presets cover.
     assert device_map[layout.head] != device_map[layout.embed]
+
+
+# --- forced 8-GPU maps that split a vision block --------------------------------------------------------------
+
+# preset -> (the vision block class the forced map splits, the sub-model class that lists it as no-split or None)
+SPLIT_VISION_BLOCKS = {
+    "smolvlm2-2.2b": ("SmolVLMEncoderLayer", None),
+    "glm-4.1v-9b": ("Glm4vVisionPatchMerger", None),
+    "phi-4-multimodal": ("Phi4MultimodalVisionEncoderLayer", "Phi4MultimodalVisionModel"),
+}
+
+
+def _declared_anywhere(model: nn.Module) -> set[str]:
+    """Every class any sub-model lists in its own `_no_split_modules` (what 4.x's `_get_no_split_modules` gathered
+    by walking every sub-module)."""
+    return {c for m in model.modules() if isinstance(m, PreTrainedModel) for c in type(m)._no_split_modules or ()}
+
+
+@pytest.mark.parametrize("name", list(SPLIT_VISION_BLOCKS))
+def test_the_forced_8_gpu_map_splits_a_vision_block_the_installed_class_lets_the_planner_split(name: str) -> None:
+    """A real finding, not a planner artefact: the block's class is not among the no-split classes the installed
+    transformers plans with (`device_map="auto"` uses the same set), so a map that cuts it fails on a real node
+    too. SmolVLM and GLM-4.1V list no such class anywhere (SmolVLM lists the vision attention, not the encoder
+    layer; GLM-4.1V the vision block, not the patch merger); Phi-4-multimodal's vision model lists its encoder
+    layer, but transformers 5 gathers no-split classes from direct sub-models only and the vision model sits
+    under plain modules. The fix keeps the block whole and is verified by a re-run."""
+    spec = PRESETS[name]
+    _available(name)
+    block_class, declared_by = SPLIT_VISION_BLOCKS[name]
+    meta = build_meta(spec)
+    assert block_class not in no_split_modules(meta)
+    assert (block_class in _declared_anywhere(meta)) == (declared_by is not None)
+    verdict = check_run(spec, forced_map(meta, 8, spec.family), simulated_gpus=8, meta_model=meta)
+    cause = verdict.cause
+    assert cause is not None and cause.code == "FWD-004" and verdict.verified
+    assert cause.no_split_class == block_class and type(meta.get_submodule(cause.modules[0])).__name__ == block_class
+    assert cause.fixed_map is not None and cause.fixed_map[cause.modules[0]] in range(8)
+    assert "device_map='auto' can split it on a real node too" in cause.explanation
+    if declared_by is None:
+        assert f"{block_class} is not among {type(meta).__name__}'s no-split classes" in cause.explanation
+    else:
+        assert f"({declared_by}) lists {block_class} in its _no_split_modules, but the installed" in cause.explanation
+
+
+@pytest.mark.parametrize(("name", "splits"), [("smolvlm2-2.2b", True), ("glm-4.1v-9b", False),
+                                              ("phi-4-multimodal", True)])  # fmt: skip
+def test_device_map_auto_over_8_gpus_of_80_gib(name: str, splits: bool) -> None:
+    """What accelerate's planner does with the installed classes on a real 8x80 GiB node (device_map="auto"
+    balances even a small model over the GPUs): it cuts SmolVLM's and Phi-4-multimodal's vision encoder too, while
+    GLM-4.1V's vision model stays whole (only a capped map reaches its merger)."""
+    spec = PRESETS[name]
+    _available(name)
+    meta = build_meta(spec)
+    memory: dict[int | str, int] = {gpu: 80 * GIB for gpu in range(8)}
+    memory["cpu"] = 1024 * GIB
+    verdict = check_run(spec, plan_device_map(meta, "auto", memory), simulated_gpus=8, meta_model=meta,
+                        replan=("auto", memory))  # fmt: skip
+    assert verdict.result.ok is not splits
+    if splits:
+        assert verdict.cause is not None and verdict.cause.code == "FWD-004" and verdict.verified
+        assert verdict.cause.no_split_class == SPLIT_VISION_BLOCKS[name][0]
+
+
+class _NestConfig(PretrainedConfig):
+    model_type = "diag-nest-test"
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.second(self.first(x))
+
+
+class _Tower(PreTrainedModel):
+    config_class = _NestConfig
+    _no_split_modules = ["_Block"]  # noqa: RUF012 (transformers' own attribute)
+
+    def __init__(self, config: _NestConfig) -> None:
+        super().__init__(config)
+        self.block = _Block()
+        self.post_init()
+
+
+class _Top(PreTrainedModel):
+    config_class = _NestConfig
+    _no_split_modules = ["_Layer"]  # noqa: RUF012
+
+    def __init__(self, config: _NestConfig) -> None:
+        super().__init__(config)
+        self.embed = nn.Module()  # a plain module between the model and its tower, as Phi-4-multimodal has
+        self.embed.tower = _Tower(config)
+        self.post_init()
+
+
+def test_a_no_split_class_listed_by_a_nested_sub_model_on_both_stacks() -> None:
+    """transformers 4.45's `_get_no_split_modules` walks every sub-module; transformers 5 gathers each model's
+    direct children only. A split block whose class a nested sub-model lists is then named with that cause."""
+    model = _Top(_NestConfig())
+    gathered = no_split_modules(model)
+    assert ("_Block" in gathered) is (int(transformers.__version__.split(".")[0]) < 5)
+    block, why = _unsplittable(model, "embed.tower.block")
+    assert block == "embed.tower.block"
+    if "_Block" in gathered:  # the planner keeps it whole: only a hand-made map cuts it
+        assert (
+            why == "_Block is one of the model's no-split classes, so only a map not planned by transformers splits it"
+        )
+    else:
+        assert why.startswith("embed.tower (_Tower) lists _Block in its _no_split_modules, but the installed")
+        assert "into _Top's no-split classes (_Layer)" in why
+    # A split module inside the listed block: the listed block is the unit to keep whole.
+    assert _unsplittable(model, "embed.tower.block.first")[0] == ("embed.tower.block.first" if "_Block" in gathered
+                                                                  else "embed.tower.block")  # fmt: skip

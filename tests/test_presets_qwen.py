@@ -53,7 +53,7 @@ def needs_class(name: str) -> None:
         return
     assert f"the installed transformers {transformers.__version__} has no " in reason
     assert f"model_type {spec.config['model_type']!r}" in reason
-    assert f"it came in transformers {SINCE[spec.family]}" in reason
+    assert f"added in transformers {SINCE[spec.family]}" in reason
     assert reason.count("\n") == 0
     pytest.skip(reason)
 
@@ -83,19 +83,19 @@ def test_an_unavailable_class_is_a_one_line_reason_naming_the_release() -> None:
     """On every stack: a class transformers lacks gives the reason the failure check quotes."""
     family = family_named("qwen3-vl")
     config = {**PRESETS["qwen3-vl-8b"].config, "architectures": ["Qwen3VLForConditionalGeneration"]}
-    original = family.model_class
+    original = family.loader
     try:
-        type(family).model_class = "Qwen3VLNoSuchClassForConditionalGeneration"
+        type(family).loader = "Qwen3VLNoSuchClassForConditionalGeneration"
         reason = family.unavailable(config)
     finally:
-        type(family).model_class = original
+        type(family).loader = original
     assert reason is not None and "Qwen3VLNoSuchClassForConditionalGeneration" in reason and "4.57" in reason
     with pytest.raises(ValueError, match="has no"):
-        type(family).model_class = "Qwen3VLNoSuchClassForConditionalGeneration"
+        type(family).loader = "Qwen3VLNoSuchClassForConditionalGeneration"
         try:
             family.build(config)
         finally:
-            type(family).model_class = original
+            type(family).loader = original
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -68,6 +68,50 @@ def _split_block(module: str | None, device_map: Mapping[str, Any]) -> str | Non
     return None
 
 
+def _unsplittable(model: torch.nn.Module, block: str) -> tuple[str, str]:
+    """The block to keep whole around a split one, and why the planner split it.
+
+    Where a sub-model on the way to the block lists an enclosing class in its own `_no_split_modules` that the
+    model's no-split classes lack, that enclosing block is the unit (Phi-4-multimodal's vision encoder layer,
+    declared by its vision model): transformers 5 gathers the no-split classes in `post_init` from each model's
+    direct children only, so a sub-model under a plain module (`embed_tokens_extend.image_embed.img_processor`) is
+    missed, where 4.x's `_get_no_split_modules` walked every sub-module (transformers PR #45843 met a
+    sub-model's no-split class missing from the top-level list too).
+    Otherwise the block's class is not among the model's no-split classes (or it is, and the map was not planned
+    by transformers)."""
+    from transformers import PreTrainedModel
+
+    from diag.twins import no_split_modules
+
+    gathered = set(no_split_modules(model))
+    parts = block.split(".")
+    declared: dict[str, str] = {}  # class -> the sub-model (dotted name) that lists it
+    for depth in range(len(parts) + 1):
+        name = ".".join(parts[:depth])
+        module = model.get_submodule(name)
+        if depth and type(module).__name__ in declared and type(module).__name__ not in gathered:
+            cls, owner = type(module).__name__, declared[type(module).__name__]
+            owner_class = type(model.get_submodule(owner)).__name__
+            return name, (
+                f"{owner} ({owner_class}) lists {cls} in its _no_split_modules, but the installed transformers does "
+                f"not gather it into {type(model).__name__}'s no-split classes ({', '.join(sorted(gathered))}), so "
+                "device_map='auto' can split it on a real node too"
+            )
+        if isinstance(module, PreTrainedModel):
+            for listed in type(module)._no_split_modules or ():
+                declared.setdefault(listed, name)
+    cls = type(model.get_submodule(block)).__name__
+    if cls in gathered:
+        return (
+            block,
+            f"{cls} is one of the model's no-split classes, so only a map not planned by transformers splits it",
+        )
+    return block, (
+        f"{cls} is not among {type(model).__name__}'s no-split classes ({', '.join(sorted(gathered)) or 'none'}), "
+        "so device_map='auto' can split it on a real node too"
+    )
+
+
 def classify(result: RunResult, model: torch.nn.Module, device_map: Mapping[str, Any], layout: LmLayout) -> Cause:
     """The cause of a failed run, with the fixed map where one follows from it."""
     error = result.error or ""
@@ -102,11 +146,12 @@ def classify(result: RunResult, model: torch.nn.Module, device_map: Mapping[str,
                      f"are not on the GPU that needs them ({devices[0]} and {devices[1]})")  # fmt: skip
     block = _split_block(result.module, device_map)
     if block is not None:
+        block, why = _unsplittable(model, block)
         cls = type(model.get_submodule(block)).__name__
         keys = [k for k in device_map if k.startswith(block + ".")]
         fixed = {k: v for k, v in device_map.items() if k not in keys}
         fixed[block] = device_map[keys[0]]
-        return Cause("FWD-004", f"{block} ({cls}) is split across GPUs and its own forward mixes them",
+        return Cause("FWD-004", f"{block} ({cls}) is split across GPUs and its own forward mixes them; {why}",
                      (block,), fixed, no_split_class=cls)  # fmt: skip
     embed_device = owner_device(layout.embed, device_map)
     head_device = owner_device(layout.head, device_map)

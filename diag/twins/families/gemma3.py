@@ -17,16 +17,7 @@ import torch
 from torch import nn
 
 from diag.twins.families import Config, Inputs, register
-from diag.twins.families._gemma_llama import (
-    EAGER,
-    VISION_HEADS,
-    VISION_HIDDEN,
-    VISION_MLP,
-    InstalledFamily,
-    accepts,
-    prompt,
-    tiny_text,
-)
+from diag.twins.families._native import EAGER, TINY_HEAD_DIM, NativeFamily, accepts, prompt, tiny_lm, tiny_vision
 
 # Tiny special tokens (the real ones, 255999/256000/262144, are outside the tiny vocabulary).
 BOI, EOI, IMAGE = 253, 254, 255
@@ -35,7 +26,7 @@ TINY_IMAGE, TINY_PATCH, TINY_TOKENS = 56, 14, 4  # 4x4 patches pooled to 2x2 sof
 
 
 @register
-class Gemma3(InstalledFamily):
+class Gemma3(NativeFamily):
     name = "gemma3"
     architectures = ("Gemma3ForConditionalGeneration",)
     model_types = ("gemma3",)
@@ -52,13 +43,9 @@ class Gemma3(InstalledFamily):
         types = text.get("layer_types") or [
             "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)
         ]
-        out["text_config"] = tiny_text(
-            text, query_pre_attn_scalar=16, sliding_window=8, layer_types=list(types), bos_token_id=2
-        )
-        vision = copy.deepcopy(dict(out.get("vision_config") or {}))
-        vision.update(hidden_size=VISION_HIDDEN, intermediate_size=VISION_MLP, num_attention_heads=VISION_HEADS,
-                      image_size=TINY_IMAGE, patch_size=TINY_PATCH, **EAGER)  # fmt: skip
-        out["vision_config"] = vision
+        out["text_config"] = tiny_lm(text, head_dim=TINY_HEAD_DIM, query_pre_attn_scalar=16, sliding_window=8,
+                                     layer_types=list(types), bos_token_id=2)  # fmt: skip
+        out["vision_config"] = tiny_vision(out.get("vision_config") or {}, image_size=TINY_IMAGE, patch_size=TINY_PATCH)
         out.update(mm_tokens_per_image=TINY_TOKENS, boi_token_index=BOI, eoi_token_index=EOI,
                    image_token_index=IMAGE, eos_token_id=None, pad_token_id=0, **EAGER)  # fmt: skip
         return out

@@ -21,7 +21,7 @@ import transformers
 from torch import nn
 
 from diag.twins.families import Inputs, register
-from diag.twins.hf import NativeFamily, installed
+from diag.twins.families._native import NativeFamily, installed, without_dtype
 
 _TEXT_IDS = [1, 10, 11, 12]
 # get_image_features parameters the generic family can fill from the config.
@@ -64,13 +64,9 @@ class Generic(NativeFamily):
                     f"{config.get('model_type')!r}")  # fmt: skip
         return None
 
-    def build(self, config: Mapping[str, Any]) -> nn.Module:
-        reason = self.unavailable(config)
-        if reason is not None:
-            raise ValueError(reason)
-        hf_config = _config_class(str(config["model_type"])).from_dict(dict(config))
-        model: nn.Module = getattr(transformers, str(_architecture(config)))(hf_config)
-        return model
+    def hf_config(self, config: Mapping[str, Any]) -> Any:
+        # The config class of the model_type (not every one is exported at transformers' top level).
+        return _config_class(str(config["model_type"])).from_dict(without_dtype(self.hf_fields(config)))
 
     def input_sets(self, model: nn.Module, generator: torch.Generator) -> dict[str, Inputs]:
         image = _image_inputs(model, generator)

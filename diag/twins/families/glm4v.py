@@ -11,7 +11,6 @@ are image tokens (type 2 in `mm_token_type_ids`).
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from diag.twins.families import Config, Inputs, register
-from diag.twins.families._native_vlm import (
+from diag.twins.families._native import (
     END_ID,
     IMAGE_ID,
     START_ID,
@@ -27,6 +26,8 @@ from diag.twins.families._native_vlm import (
     VIDEO_ID,
     VIDEO_START_ID,
     NativeFamily,
+    accepts,
+    prompt,
     tiny_lm,
     tiny_vision,
 )
@@ -54,9 +55,9 @@ class Glm4vFamily(NativeFamily):
         text["rope_scaling"] = {"rope_type": "default", "mrope_section": [rotary // 2, rotary // 4, rotary // 4]}
         text["rope_theta"] = float(out["text_config"].get("rope_theta", 10000.0))
         out["text_config"] = text
-        vision = tiny_vision(out["vision_config"], image_size=GRID_H * int(out["vision_config"]["patch_size"]))
-        vision.pop("num_attention_heads")
-        vision.update(num_heads=2, out_hidden_size=LM_HIDDEN)
+        vision = tiny_vision(out["vision_config"], heads_field="num_heads", out_hidden_size=LM_HIDDEN,
+                             image_size=GRID_H * int(out["vision_config"]["patch_size"]))  # fmt: skip
+        vision.pop("num_attention_heads", None)  # GLM-4.1V's tower names its head count `num_heads` only
         out["vision_config"] = vision
         out.update(image_start_token_id=START_ID, image_end_token_id=END_ID, video_start_token_id=VIDEO_START_ID,
                    video_end_token_id=VIDEO_END_ID, image_token_id=IMAGE_ID, video_token_id=VIDEO_ID,
@@ -84,7 +85,7 @@ def _patch_dim(model: nn.Module) -> tuple[int, int]:
 
 
 def _with_types(model: nn.Module, inputs: Inputs, types: list[int]) -> Inputs:
-    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+    if accepts(model, "mm_token_type_ids"):
         # transformers 5 places M-RoPE positions by the processor's token types (1 image, 2 video).
         inputs["mm_token_type_ids"] = torch.tensor([types], dtype=torch.int32)
     return inputs
@@ -96,8 +97,7 @@ def _image(model: nn.Module, generator: torch.Generator) -> Inputs:
     ids = [1, START_ID, *([IMAGE_ID] * count), END_ID, 10, 11]
     types = [1 if i == IMAGE_ID else 0 for i in ids]
     inputs = {
-        "input_ids": torch.tensor([ids]),
-        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+        **prompt(ids),
         "pixel_values": torch.randn(GRID_H * GRID_W, patch_dim, generator=generator),
         "image_grid_thw": torch.tensor([[1, GRID_H, GRID_W]]),
     }
@@ -113,8 +113,7 @@ def _video(model: nn.Module, generator: torch.Generator) -> Inputs:
     ids += [VIDEO_END_ID, 10, 11]
     types = [2 if i == IMAGE_ID else 0 for i in ids]
     inputs = {
-        "input_ids": torch.tensor([ids]),
-        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+        **prompt(ids),
         "pixel_values_videos": torch.randn(VIDEO_FRAMES * GRID_H * GRID_W, patch_dim, generator=generator),
         "video_grid_thw": torch.tensor([[VIDEO_FRAMES, GRID_H, GRID_W]]),
     }

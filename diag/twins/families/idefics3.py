@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from diag.twins.families import Config, Inputs, register
-from diag.twins.families._native_vlm import FAKE_ID, GLOBAL_ID, IMAGE_ID, NativeFamily, tiny_lm, tiny_vision
+from diag.twins.families._native import FAKE_ID, GLOBAL_ID, IMAGE_ID, NativeFamily, prompt, tiny_lm, tiny_vision
 from diag.twins.shrink import EAGER
 
 TINY_PATCH = 14
@@ -49,8 +49,7 @@ def _image(model: nn.Module, generator: torch.Generator) -> Inputs:
     ids += [_NEWLINE_ID, _NEWLINE_ID, FAKE_ID, GLOBAL_ID, *image, FAKE_ID, 20, 21]
     tiles = GRID_ROWS * GRID_COLS + 1
     return {
-        "input_ids": torch.tensor([ids]),
-        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+        **prompt(ids),
         "pixel_values": torch.randn(1, tiles, 3, size, size, generator=generator),
         "pixel_attention_mask": torch.ones(1, tiles, size, size, dtype=torch.bool),
     }

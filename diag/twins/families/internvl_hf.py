@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from diag.twins.families import Config, Inputs, register
-from diag.twins.families._native_vlm import END_ID, IMAGE_ID, START_ID, NativeFamily, tiny_lm, tiny_vision
+from diag.twins.families._native import END_ID, IMAGE_ID, START_ID, NativeFamily, prompt, tiny_lm, tiny_vision
 from diag.twins.shrink import EAGER
 
 TINY_IMAGE, TINY_PATCH = 56, 14  # 4x4 patches -> pixel shuffle 0.5 -> 4 tokens per tile
@@ -51,8 +51,7 @@ class InternVLHfFamily(NativeFamily):
         ids = [1, START_ID, *([int(config.image_token_id)] * (per_tile * TILES)), END_ID, 10, 11]
         return {
             "image": {
-                "input_ids": torch.tensor([ids]),
-                "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+                **prompt(ids),
                 "pixel_values": torch.randn(TILES, 3, size, size, generator=generator),
             }
         }

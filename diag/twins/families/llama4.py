@@ -15,7 +15,6 @@ pattern (which layers are MoE, which skip RoPE) is kept as published.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,26 +22,17 @@ import torch
 from torch import nn
 
 from diag.twins.families import Config, Inputs, register
-from diag.twins.families._gemma_llama import (
-    EAGER,
-    VISION_HEADS,
-    VISION_HIDDEN,
-    InstalledFamily,
-    prompt,
-    tiny_text,
-)
+from diag.twins.families._native import EAGER, TINY_HEAD_DIM, VISION_HIDDEN, NativeFamily, prompt, tiny_lm, tiny_vision
 
 TINY_EXPERTS = 4
 TINY_IMAGE, TINY_PATCH = 56, 14  # 4x4 patches, pixel-shuffled to 2x2 = 4 tokens per tile
 # Tiny special tokens: <|image_start|>, <|image_end|>, <|tile_x_separator|>, <|tile_y_separator|>, <|image|>,
 # and the patch token (image_token_index).
 BOI, EOI, TILE_X, TILE_Y, IMAGE_MARK, PATCH = 249, 250, 251, 252, 253, 255
-# A module per expert (`...experts.7`): a ModuleList of experts, whose count is then part of the module tree.
-_PER_EXPERT = re.compile(r"\.experts\.\d+$")
 
 
 @register
-class Llama4(InstalledFamily):
+class Llama4(NativeFamily):
     name = "llama4"
     architectures = ("Llama4ForConditionalGeneration",)
     model_types = ("llama4",)
@@ -54,18 +44,18 @@ class Llama4(InstalledFamily):
         out = copy.deepcopy(dict(config))
         text = dict(out.get("text_config") or {})
         experts = int(text.get("num_local_experts") or TINY_EXPERTS)
-        tiny = tiny_text(text, intermediate_size_mlp=128, attention_chunk_size=8,
-                         num_local_experts=min(experts, TINY_EXPERTS))  # fmt: skip
+        tiny = tiny_lm(text, head_dim=TINY_HEAD_DIM, intermediate_size_mlp=128, attention_chunk_size=8,
+                       num_local_experts=min(experts, TINY_EXPERTS))  # fmt: skip
         out["text_config"] = tiny
-        if self.unavailable(out) is None and _has_per_expert_modules(self, out):
+        if self.unavailable(out) is None and self.has_per_expert_modules(_two_layers(out)):
             tiny["num_local_experts"] = experts  # a module per expert: the count is part of the tree, keep it
-        vision = copy.deepcopy(dict(out.get("vision_config") or {}))
+        vision = dict(out.get("vision_config") or {})
         ratio = float(vision.get("pixel_shuffle_ratio") or 0.5)
         shuffled = int(VISION_HIDDEN / ratio**2)  # the adapter's input: the pixel-shuffled channels
-        vision.update(hidden_size=VISION_HIDDEN, num_attention_heads=VISION_HEADS, intermediate_size=shuffled,
-                      image_size=TINY_IMAGE, patch_size=TINY_PATCH, projector_input_dim=VISION_HIDDEN,
-                      projector_output_dim=VISION_HIDDEN, vision_output_dim=VISION_HIDDEN, **EAGER)  # fmt: skip
-        out["vision_config"] = vision
+        out["vision_config"] = tiny_vision(vision, intermediate_size=shuffled, image_size=TINY_IMAGE,
+                                           patch_size=TINY_PATCH, projector_input_dim=VISION_HIDDEN,
+                                           projector_output_dim=VISION_HIDDEN,
+                                           vision_output_dim=VISION_HIDDEN)  # fmt: skip
         out.update(boi_token_index=BOI, eoi_token_index=EOI, image_token_index=PATCH, pad_token_id=0, **EAGER)
         return out
 
@@ -83,13 +73,12 @@ class Llama4(InstalledFamily):
         ]
 
 
-def _has_per_expert_modules(family: Llama4, tiny: Mapping[str, Any]) -> bool:
-    probe_config = copy.deepcopy(dict(tiny))
-    probe_config["text_config"] = {**probe_config["text_config"], "num_hidden_layers": 2}
-    probe_config["vision_config"] = {**probe_config.get("vision_config", {}), "num_hidden_layers": 1}
-    with torch.device("meta"):
-        probe = family.build(probe_config)
-    return any(_PER_EXPERT.search(name) for name, _ in probe.named_modules())
+def _two_layers(tiny: Mapping[str, Any]) -> Config:
+    """A quick probe of the expert modules: two text layers (one MoE layer at any interleave step), one vision."""
+    probe = copy.deepcopy(dict(tiny))
+    probe["text_config"] = {**probe["text_config"], "num_hidden_layers": 2}
+    probe["vision_config"] = {**probe.get("vision_config", {}), "num_hidden_layers": 1}
+    return probe
 
 
 def _tokens_per_tile(vision: Any) -> int:

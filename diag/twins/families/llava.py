@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from diag.twins.families import Config, Inputs, register
-from diag.twins.hf import NativeFamily
+from diag.twins.families._native import NativeFamily
 from diag.twins.shrink import EAGER, IMAGE_TOKEN, tiny_clip, tiny_text
 
 # The LLaVA repository's own format: its architectures and the transformers language model each stands for.
@@ -67,7 +67,6 @@ class Llava(_LlavaBase):
     model_types = ("llava",)
     loader = "LlavaForConditionalGeneration"
     config_class = "LlavaConfig"
-    model_class = "LlavaForConditionalGeneration"
 
     def input_sets(self, model: nn.Module, generator: torch.Generator) -> dict[str, Inputs]:
         """One image and a prompt with one `<image>` token per patch feature, as the processor expands it."""
@@ -89,8 +88,7 @@ class LlavaNext(_LlavaBase):
     model_types = ("llava_next",)
     loader = "LlavaNextForConditionalGeneration"
     config_class = "LlavaNextConfig"
-    model_class = "LlavaNextForConditionalGeneration"
-    since: ClassVar[str | None] = "4.39"
+    since = "4.39"
 
     def input_sets(self, model: nn.Module, generator: torch.Generator) -> dict[str, Inputs]:
         """The base patch's features, then each row of the high-resolution grid plus its `image_newline`."""

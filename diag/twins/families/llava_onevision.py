@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from diag.twins.families import Config, Inputs, register
-from diag.twins.families._native_vlm import (
+from diag.twins.families._native import (
     IMAGE_ID,
     VIDEO_ID,
     NativeFamily,
-    ids_tensor,
+    prompt,
     tiny_lm,
     tiny_vision,
 )
@@ -81,7 +81,7 @@ def _image(model: nn.Module, generator: torch.Generator) -> Inputs:
     count = per_side**2 + (rows * per_side) * (cols * per_side + 1)
     ids = [1, *([int(config.image_token_index)] * count), 10, 11, 12]
     return {
-        **ids_tensor(ids),
+        **prompt(ids),
         "pixel_values": torch.randn(1, 1 + rows * cols, 3, image_size, image_size, generator=generator),
         "image_sizes": torch.tensor([[height, width]]),
     }
@@ -95,6 +95,6 @@ def _video(model: nn.Module, generator: torch.Generator) -> Inputs:
     count = VIDEO_FRAMES * pooled**2 + 1
     ids = [1, *([int(config.video_token_index)] * count), 10, 11, 12]
     return {
-        **ids_tensor(ids),
+        **prompt(ids),
         "pixel_values_videos": torch.randn(1, VIDEO_FRAMES, 3, image_size, image_size, generator=generator),
     }

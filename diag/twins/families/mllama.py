@@ -19,25 +19,35 @@ import torch
 from torch import nn
 
 from diag.twins.families import Config, Inputs, register
-from diag.twins.families._gemma_llama import (
+from diag.twins.families._native import (
     EAGER,
+    TINY_HEAD_DIM,
     TINY_VOCAB,
-    VISION_HEADS,
     VISION_HIDDEN,
-    VISION_MLP,
-    InstalledFamily,
+    NativeFamily,
     prompt,
-    tiny_text,
+    tiny_lm,
+    tiny_vision,
 )
 
 TINY_IMAGE, TINY_PATCH = 28, 14  # 2x2 patches (+ the class token) per tile
 # VLMEvalKit's split_model for Llama-3.2-90B (vlmeval/vlm/llama_vision.py, commit f5031f66): 100 layers spread
 # over the process's GPUs, 5 fewer on the first (it holds the vision model) and 7 fewer on the last.
 _VLMEVALKIT_LAYERS, _FIRST_LESS, _LAST_LESS = 100, 5, 7
+# The module names its split_model writes: those of transformers 4.45, which it was written for.
+VLMEVALKIT_NAMES: dict[str, str | None] = {
+    "layers": "language_model.model.layers",
+    "embed": "language_model.model.embed_tokens",
+    "rotary": "language_model.model.rotary_emb",
+    "norm": "language_model.model.norm",
+    "head": "language_model.lm_head",
+    "vision": "vision_model",
+    "projector": "multi_modal_projector",
+}
 
 
 @register
-class Mllama(InstalledFamily):
+class Mllama(NativeFamily):
     name = "mllama"
     architectures = ("MllamaForConditionalGeneration",)
     model_types = ("mllama",)
@@ -48,16 +58,15 @@ class Mllama(InstalledFamily):
     def tiny_config(self, config: Mapping[str, Any]) -> Config:
         out = copy.deepcopy(dict(config))
         text = dict(out.get("text_config") or {})
-        out["text_config"] = tiny_text(text)
+        out["text_config"] = tiny_lm(text, head_dim=TINY_HEAD_DIM)
         if text.get("rope_scaling"):  # 4.45's MllamaRotaryEmbedding reads its rope_type (no default there)
             out["text_config"]["rope_scaling"] = copy.deepcopy(text["rope_scaling"])
-        vision = copy.deepcopy(dict(out.get("vision_config") or {}))
+        vision = dict(out.get("vision_config") or {})
         indices = list(vision.get("intermediate_layers_indices") or [3, 7, 15, 23, 30])
-        vision.update(hidden_size=VISION_HIDDEN, intermediate_size=VISION_MLP, attention_heads=VISION_HEADS,
-                      image_size=TINY_IMAGE, patch_size=TINY_PATCH,
-                      # the projector takes the last layer and each intermediate layer, concatenated
-                      vision_output_dim=VISION_HIDDEN * (len(indices) + 1), **EAGER)  # fmt: skip
-        out["vision_config"] = vision
+        out["vision_config"] = tiny_vision(vision, heads_field="attention_heads", image_size=TINY_IMAGE,
+                                           patch_size=TINY_PATCH,
+                                           # the projector takes the last layer and each intermediate one
+                                           vision_output_dim=VISION_HIDDEN * (len(indices) + 1))  # fmt: skip
         # `<|image|>` is the first id past the text vocabulary, as 128256 is past Llama 3's 128256 tokens.
         out.update(image_token_index=TINY_VOCAB, pad_token_id=0, **EAGER)
         return out
@@ -69,11 +78,12 @@ class Mllama(InstalledFamily):
 
     def forced_map(self, meta_model: nn.Module, gpus: int) -> dict[str, Any] | None:
         """VLMEvalKit's own split for Llama-3.2-90B-Vision (it loads every 90B with it, no AUTO_SPLIT needed):
-        the vision model and embeddings on the first GPU, the projector, norm and head on the last, with the
-        module names of the transformers VLMEvalKit was written for (4.45: `language_model.model.layers.N`)."""
+        the vision model and embeddings on the first GPU, the projector, norm and head on the last, under the
+        built model's module names (the installed transformers'). VLMEvalKit writes 4.45's names, which 5.x
+        renamed; the placement, not the spelling, is what the twin runs (kit_advice says what to rename)."""
         if _text_layers(meta_model) != _VLMEVALKIT_LAYERS or gpus < 2:
             return None
-        return vlmevalkit_90b_split(gpus)
+        return vlmevalkit_90b_split(gpus, installed_names(meta_model))
 
     def kit_advice(self, map_path: str) -> list[str]:
         return [
@@ -82,12 +92,16 @@ class Mllama(InstalledFamily):
             f"script with the map in {map_path}",
             "VLMEvalKit: `llama_vision` splits every 90B with its own split_model (vlmeval/vlm/llama_vision.py) "
             "and loads the 11B on one GPU unless AUTO_SPLIT=1 (then device_map='auto'); to use this map, return it "
-            "from split_model or load the model in a script",
+            "from split_model or load the model in a script. split_model's keys are transformers 4.45's module "
+            "names (`language_model.model.layers.N`); a transformers that names them `model.language_model."
+            "layers.N` (5.x) does not load with them, so use the names in this map",
         ]
 
 
-def vlmevalkit_90b_split(gpus: int) -> dict[str, int]:
-    """VLMEvalKit's split_model for the 90B over `gpus` GPUs of rank 0 (its keys are 4.45's module names)."""
+def vlmevalkit_90b_split(gpus: int, names: Mapping[str, str | None] = VLMEVALKIT_NAMES) -> dict[str, int]:
+    """VLMEvalKit's split_model for the 90B over `gpus` GPUs of rank 0: its per-GPU layer counts and where it puts
+    each other part, under `names` (by default the names it writes: 4.45's; `installed_names` gives a built
+    model's). A part named None (no rotary module) gets no key."""
     total = _VLMEVALKIT_LAYERS + _FIRST_LESS + _LAST_LESS
     per_gpu = [total // gpus] * gpus
     per_gpu[-1] = total - sum(per_gpu[:-1])
@@ -97,13 +111,24 @@ def vlmevalkit_90b_split(gpus: int) -> dict[str, int]:
     layer = 0
     for gpu, count in enumerate(per_gpu):
         for _ in range(count):
-            device_map[f"language_model.model.layers.{layer}"] = gpu
+            device_map[f"{names['layers']}.{layer}"] = gpu
             layer += 1
     last = gpus - 1
-    device_map.update({"vision_model": 0, "language_model.model.embed_tokens": 0,
-                       "language_model.model.rotary_emb": 0, "language_model.model.norm": last,
-                       "language_model.lm_head": last, "multi_modal_projector": last})  # fmt: skip
+    parts = {"vision": 0, "embed": 0, "rotary": 0, "norm": last, "head": last, "projector": last}
+    device_map.update({str(names[part]): gpu for part, gpu in parts.items() if names[part] is not None})
     return device_map
+
+
+def installed_names(model: nn.Module) -> dict[str, str | None]:
+    """The module names of the parts VLMEvalKit's split places, read from a built Mllama model (the installed
+    transformers': `language_model.model.layers` in 4.45, `model.language_model.layers` in 5.x)."""
+    from diag.twins.layout import language_model_layout
+
+    layout = language_model_layout(model)
+    vision = {name.rpartition(".")[2]: name for name in layout.vision}
+    return {"layers": layout.layers, "embed": layout.embed, "rotary": layout.rotary, "norm": layout.norm,
+            "head": layout.head, "vision": vision["vision_model"],
+            "projector": vision["multi_modal_projector"]}  # fmt: skip
 
 
 def _text_layers(model: nn.Module) -> int:
@@ -139,4 +164,4 @@ def _inputs(model: nn.Module, generator: torch.Generator, ratios: list[tuple[int
     return inputs
 
 
-__all__ = ["Mllama", "vlmevalkit_90b_split"]
+__all__ = ["VLMEVALKIT_NAMES", "Mllama", "installed_names", "vlmevalkit_90b_split"]

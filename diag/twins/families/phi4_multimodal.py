@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from diag.twins.families import Config, Inputs, register
-from diag.twins.families._native_vlm import IMAGE_ID, NativeFamily, tiny_lm, tiny_vision
+from diag.twins.families._native import IMAGE_ID, NativeFamily, prompt, tiny_lm, tiny_vision
 from diag.twins.shrink import EAGER
 
 TINY_IMAGE, TINY_PATCH = 56, 14  # 4x4 patches -> 2x2 pooled features per crop
@@ -60,8 +60,7 @@ class Phi4MultimodalFamily(NativeFamily):
         ids = [1, *([int(vision.image_token_id)] * count), 10, 11]
         return {
             "image": {
-                "input_ids": torch.tensor([ids]),
-                "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+                **prompt(ids),
                 "image_pixel_values": torch.randn(1, 2, 3, crop, crop, generator=generator),
                 "image_sizes": torch.tensor([[crop, crop]]),
                 "image_attention_mask": torch.ones(1, 2, side, side, dtype=torch.long),

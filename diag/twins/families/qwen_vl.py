@@ -15,7 +15,7 @@ module, so the tree is the real tree; every expert where it has a module per exp
 
 from __future__ import annotations
 
-import inspect
+import copy
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -23,11 +23,23 @@ import torch
 from torch import nn
 
 from diag.twins.families import Config, Inputs, register
-from diag.twins.hf import NativeFamily, flat_qwen2_vl
+from diag.twins.families._native import NativeFamily, accepts, prompt
 from diag.twins.shrink import QWEN_IDS
 
 _GRID = (4, 4)  # patches per side of the image and of each video frame
 _VIDEO_T = 2  # temporal patches of the video (two frames each)
+
+
+def flat_qwen2_vl(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A Qwen2-VL config in the published flat form: transformers 5 saves the text fields nested in
+    `text_config`, which 4.45 would ignore (and build its defaults); 5.x still reads the flat form."""
+    fields = copy.deepcopy(dict(config))
+    text = fields.pop("text_config", None)
+    if isinstance(text, dict):
+        for key, value in text.items():
+            if key != "model_type":
+                fields.setdefault(key, value)
+    return fields
 
 
 class _QwenVL(NativeFamily):
@@ -60,12 +72,10 @@ class _QwenVL(NativeFamily):
         per_frame = _GRID[0] * _GRID[1] // (merge * merge)
         start, end = int(config.vision_start_token_id), int(config.vision_end_token_id)
         image_token, video_token = int(config.image_token_id), int(config.video_token_id)
-        takes = inspect.signature(model.forward).parameters
 
         image_ids = [1, start, *([image_token] * per_frame), end, 10, 11]
         image: Inputs = {
-            "input_ids": torch.tensor([image_ids]),
-            "attention_mask": torch.ones(1, len(image_ids), dtype=torch.long),
+            **prompt(image_ids),
             "pixel_values": torch.randn(_GRID[0] * _GRID[1], patch_dim, generator=generator),
             "image_grid_thw": torch.tensor([[1, *_GRID]]),
         }
@@ -77,14 +87,13 @@ class _QwenVL(NativeFamily):
         else:
             video_ids = [1, start, *([video_token] * (_VIDEO_T * per_frame)), end, 10, 11]
         video: Inputs = {
-            "input_ids": torch.tensor([video_ids]),
-            "attention_mask": torch.ones(1, len(video_ids), dtype=torch.long),
+            **prompt(video_ids),
             "pixel_values_videos": torch.randn(_VIDEO_T * _GRID[0] * _GRID[1], patch_dim, generator=generator),
             "video_grid_thw": torch.tensor([[_VIDEO_T, *_GRID]]),
         }
-        if "second_per_grid_ts" in takes:
+        if accepts(model, "second_per_grid_ts"):
             video["second_per_grid_ts"] = torch.tensor([1.0])
-        if "mm_token_type_ids" in takes:
+        if accepts(model, "mm_token_type_ids"):
             # transformers 5 wants the processor's token types (1 image, 2 video) to place M-RoPE positions.
             image["mm_token_type_ids"] = (image["input_ids"] == image_token).int()
             video["mm_token_type_ids"] = 2 * (video["input_ids"] == video_token).int()
@@ -98,7 +107,6 @@ class Qwen2VL(_QwenVL):
     model_types = ("qwen2_vl",)
     loader = "Qwen2VLForConditionalGeneration"
     config_class = "Qwen2VLConfig"
-    model_class = "Qwen2VLForConditionalGeneration"
     since = "4.45"
 
 
@@ -109,7 +117,6 @@ class Qwen2_5VL(_QwenVL):
     model_types = ("qwen2_5_vl",)
     loader = "Qwen2_5_VLForConditionalGeneration"
     config_class = "Qwen2_5_VLConfig"
-    model_class = "Qwen2_5_VLForConditionalGeneration"
     since = "4.49"
 
 
@@ -120,7 +127,6 @@ class Qwen3VL(_QwenVL):
     model_types = ("qwen3_vl",)
     loader = "Qwen3VLForConditionalGeneration"
     config_class = "Qwen3VLConfig"
-    model_class = "Qwen3VLForConditionalGeneration"
     since = "4.57"
     flat = False
     video_per_frame = True
@@ -133,7 +139,6 @@ class Qwen3VLMoe(_QwenVL):
     model_types = ("qwen3_vl_moe",)
     loader = "Qwen3VLMoeForConditionalGeneration"
     config_class = "Qwen3VLMoeConfig"
-    model_class = "Qwen3VLMoeForConditionalGeneration"
     since = "4.57"
     flat = False
     video_per_frame = True
