@@ -357,7 +357,7 @@ PUBLISHED_PARAMS: dict[str, float] = {
 
 # The presets of the 2025-26 families live beside this module, one module per group, each with its own
 # PRESET_TABLE and PUBLISHED_PARAMS in the form above; they are merged here.
-_GROUPS: tuple[str, ...] = ("presets_qwen", "presets_gemma_llama", "presets_more")
+_GROUPS: tuple[str, ...] = ("presets_qwen", "presets_gemma_llama", "presets_more", "presets_2026")
 
 
 def _merge_groups() -> None:

@@ -387,17 +387,34 @@ def not_buildable(spec: ModelSpec | None, problem: str | None = None) -> CodePro
     if spec is None:
         return CodeProblem("MODEL-003", f"{problem or 'no model'}: the memory and same-device checks are skipped",
                            GIVE_THE_MODEL[0].upper() + GIVE_THE_MODEL[1:] + ".")  # fmt: skip
+    note = _no_twin(spec)
     if spec.code_dir is not None:
         why = (f"the checkpoint ships its own modelling code ({spec.code_dir}) and diag has no twin of it; without "
                f"{CONSENT} none of that code runs")  # fmt: skip
         fix = (f"Give {CONSENT} to build it from the checkpoint's own code, as the eval does with "
                "trust_remote_code=True (see docs/security.md).")  # fmt: skip
+    elif note is not None:  # a config-only family (diag/twins/families/config_only.py) says where the code is
+        why, fix = note
     else:
         why = ("the checkpoint ships its own modelling code (auto_map), which is not on this machine, and diag has "
                "no twin of it")  # fmt: skip
         fix = ("Put the checkpoint on the node (its folder as --model, or its snapshot in the Hugging Face cache) "
                f"and give {CONSENT}.")  # fmt: skip
     return CodeProblem("MODEL-003", f"{why}: the memory and same-device checks are skipped", fix)
+
+
+def _no_twin(spec: ModelSpec) -> tuple[str, str] | None:
+    """A config-only family's own word on where the model's code is and how diag could run it, or None."""
+    from diag.twins.families import family_named
+
+    try:
+        no_twin = getattr(family_named(spec.family), "no_twin", None)
+    except KeyError:
+        return None
+    if no_twin is None:
+        return None
+    why, fix = no_twin(spec.config)
+    return str(why), str(fix)
 
 
 TWIN_NOTE = "diag's hand-written twin; the checkpoint's own code was not run"
@@ -423,14 +440,14 @@ def code_problem(spec: ModelSpec, meta_model: nn.Module | None = None) -> CodePr
     MODEL-001 (the checkpoint's own code fails here), or None."""
     if spec.family == UNKNOWN:
         return unknown_model_type(spec)
+    if spec.code == "none":  # nothing diag may build (before `unavailable`: a config-only family says why there)
+        return not_buildable(spec)
     if spec.code != "remote":
         from diag.twins.families import family_named
 
         reason = family_named(spec.family).unavailable(spec.config)
         if reason is not None:  # a native class (or an LM of a twin) the installed transformers lacks
             return unknown_model_type(spec, reason)
-    if spec.code == "none":
-        return not_buildable(spec)
     if spec.code == "remote":
         return probe(spec, meta_model)
     return None

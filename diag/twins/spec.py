@@ -26,6 +26,9 @@ from diag.twins.presets import PRESET_TABLE
 # Families of remote-code checkpoints that diag has a hand-written twin of (their family sets `mirrors`;
 # tests/test_remote_code.py keeps the two in step). Needed while PRESETS is built, before the registry loads.
 TWIN_FAMILIES: tuple[str, ...] = ("internvl-chat", "cogvlm")
+# Families whose models only their own code builds and diag has no twin of (their family sets `config_only`,
+# diag/twins/families/config_only.py): code "none" unless the checkpoint's own files run with consent.
+CONFIG_ONLY_FAMILIES: tuple[str, ...] = ("minicpm-v", "deepseek-vl2")
 
 
 def __getattr__(name: str) -> Any:
@@ -78,7 +81,7 @@ class ModelSpec:
 
 
 def _preset(name: str, family: str, config: dict[str, Any], checkpoints: tuple[str, ...], dtype: str) -> ModelSpec:
-    code = "twin" if family in TWIN_FAMILIES else "installed"
+    code = "twin" if family in TWIN_FAMILIES else "none" if family in CONFIG_ONLY_FAMILIES else "installed"
     return ModelSpec(name, family, MappingProxyType(copy.deepcopy(config)), checkpoints, dtype, code=code)
 
 
@@ -176,7 +179,7 @@ def _from_file(name: str, path: Path) -> ModelSpec:
         dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
         return ModelSpec(name, family_name, MappingProxyType(config), (), dtype, source="config",
                          config_path=str(path), code=code, code_dir=code_dir)  # fmt: skip
-    code = "twin" if family.name in TWIN_FAMILIES else "installed"
+    code = "twin" if family.name in TWIN_FAMILIES else "none" if family.name in CONFIG_ONLY_FAMILIES else "installed"
     try:
         config = family.checkpoint_config(config)  # a repository's own format converted (LLaVA's)
     except ValueError as exc:

@@ -109,6 +109,7 @@ _MODULES: tuple[str, ...] = (
     "glm4v",
     "phi4_multimodal",
     "remote_code",
+    "config_only",
 )
 
 

@@ -1,0 +1,134 @@
+"""MiniCPM-V 2.6 and DeepSeek-VL2: config-only presets of the families diag has no twin of (diag/twins/families/
+config_only.py, diag/twins/presets_2026.py).
+
+Their hub ids resolve to a preset (never to nothing), the model check warns MODEL-003 with where the model's code
+is, the map checks run, the backend checks read the heads from the config, and nothing of a checkpoint's own code
+runs without --trust-remote-code. A DeepSeek-VL2 checkpoint on the node (model_type deepseek_vl_v2, no auto_map) is
+this family, not a model_type the eval could not load (MODEL-002).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from diag.backends import language_heads
+from diag.twins import PRESETS, model_for_checkpoint, preset_for_checkpoint, resolve_model
+from diag.twins.families import family_for, family_named
+from diag.twins.presets import PUBLISHED_PARAMS
+from diag.twins.presets_2026 import PRESET_TABLE
+from diag.twins.remote import code_problem, with_consent
+from diag.twins.spec import CONFIG_ONLY_FAMILIES
+
+HUB_IDS = {
+    "minicpm-v-2.6": "openbmb/MiniCPM-V-2_6",
+    "deepseek-vl2-tiny": "deepseek-ai/deepseek-vl2-tiny",
+    "deepseek-vl2-small": "deepseek-ai/deepseek-vl2-small",
+    "deepseek-vl2": "deepseek-ai/deepseek-vl2",
+}
+# (language-model layers, attention heads, KV heads) of each published config (DeepSeek-VL2's base config leaves the
+# last three to the deepseek_vl2 package's defaults, which the preset writes out).
+LM = {
+    "minicpm-v-2.6": (28, 28, 4),
+    "deepseek-vl2-tiny": (12, 10, 10),
+    "deepseek-vl2-small": (27, 16, 16),
+    "deepseek-vl2": (30, 32, 32),
+}
+
+
+def test_the_group_is_merged_with_hub_ids_and_published_sizes() -> None:
+    assert set(PRESET_TABLE) == set(HUB_IDS) == set(LM) <= set(PRESETS)
+    assert set(HUB_IDS) <= set(PUBLISHED_PARAMS)
+    assert {row[0] for row in PRESET_TABLE.values()} == set(CONFIG_ONLY_FAMILIES)
+
+
+@pytest.mark.parametrize("name", sorted(HUB_IDS))
+def test_hub_ids_resolve_to_the_config_only_preset(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing of the checkpoint on this machine
+    for key in (HUB_IDS[name], HUB_IDS[name].upper(), f"/models/{HUB_IDS[name].split('/')[1]}"):
+        assert preset_for_checkpoint(key) is PRESETS[name]
+    spec = model_for_checkpoint(HUB_IDS[name])
+    assert spec is PRESETS[name] and spec.code == "none" and spec.source == "preset"
+    assert resolve_model(name) is PRESETS[name]
+
+
+@pytest.mark.parametrize("name", sorted(HUB_IDS))
+def test_the_model_check_warns_model_003_with_where_the_code_is(name: str) -> None:
+    spec = PRESETS[name]
+    family = family_named(spec.family)
+    problem = code_problem(spec)
+    assert problem is not None and problem.code == "MODEL-003"
+    assert "the memory and same-device checks are skipped" in problem.message
+    reason = family.unavailable(spec.config)  # what the tests and the bench skip on; never a build
+    assert reason is not None and "\n" not in reason and "diag has no twin" in reason
+    with pytest.raises(ValueError, match="only the checkpoint's own code builds this model"):
+        family.build(spec.config)
+    if spec.family == "minicpm-v":
+        assert "auto_map" in problem.message and "--trust-remote-code" in problem.fix
+        assert "openbmb/MiniCPM-V-4.6" in problem.fix  # the native port transformers 5 builds
+    else:
+        assert "deepseek_vl2 package" in problem.message and "even with --trust-remote-code" in problem.message
+        assert "hf_overrides" in problem.fix
+
+
+@pytest.mark.parametrize("name", sorted(HUB_IDS))
+def test_exactly_the_family_claims_the_config(name: str) -> None:
+    config = PRESET_TABLE[name][1]
+    family = family_for(config)
+    assert family is not None and family.name == PRESET_TABLE[name][0] and family.remote_code
+    assert family_for({"model_type": config["model_type"]}) is family
+
+
+@pytest.mark.parametrize("name", sorted(HUB_IDS))
+def test_the_backend_checks_read_the_heads_from_the_preset(name: str) -> None:
+    config = PRESETS[name].config
+    heads = language_heads(config)
+    layers, attention, kv = LM[name]
+    assert heads is not None and (heads.heads, heads.kv_heads) == (attention, kv)
+    language = config.get("language_config", config)
+    assert language["num_hidden_layers"] == layers
+    if name.startswith("deepseek"):
+        assert heads.where == "language_config.num_attention_heads"
+
+
+def _checkpoint(folder: Path, config: dict[str, object], marker: Path | None = None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    if marker is not None:  # the checkpoint's own files: importing either writes the marker
+        code = f"from pathlib import Path\nPath({str(marker)!r}).write_text('imported')\n"
+        (folder / "configuration_minicpm.py").write_text(code)
+        (folder / "modeling_minicpmv.py").write_text(code)
+    return folder
+
+
+def test_a_minicpm_v_checkpoint_runs_none_of_its_code_without_consent(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    folder = _checkpoint(tmp_path / "MiniCPM-V-2_6", dict(PRESETS["minicpm-v-2.6"].config), marker)
+    spec = resolve_model(str(folder))
+    assert (spec.family, spec.source, spec.code, spec.code_dir) == ("minicpm-v", "config", "none", str(folder))
+    problem = code_problem(spec)
+    assert problem is not None and problem.code == "MODEL-003"
+    assert str(folder) in problem.message and "--trust-remote-code" in problem.fix
+    assert not marker.exists()
+    assert with_consent(spec, False) is spec
+    assert with_consent(spec, True).code == "remote"  # with consent the checkpoint's own files build it
+    assert not marker.exists()
+
+
+def test_a_deepseek_vl2_checkpoint_is_not_an_unknown_model_type(tmp_path: Path) -> None:
+    """Before this family the checkpoint's config.json (no auto_map, a model_type transformers does not register)
+    was MODEL-002, "the eval cannot load it": VLMEvalKit loads it with the deepseek_vl2 package."""
+    folder = _checkpoint(tmp_path / "deepseek-vl2-small", dict(PRESETS["deepseek-vl2-small"].config))
+    spec = resolve_model(str(folder))
+    assert (spec.family, spec.code, spec.code_dir) == ("deepseek-vl2", "none", None)
+    assert with_consent(spec, True) is spec  # no code in the checkpoint: consent changes nothing
+    problem = code_problem(spec)
+    assert problem is not None and problem.code == "MODEL-003" and "deepseek_vl2 package" in problem.message
+
+
+def test_the_config_only_families_are_the_spec_s_list() -> None:
+    from diag.twins.families import families
+
+    assert {f.name for f in families() if getattr(f, "config_only", False)} == set(CONFIG_ONLY_FAMILIES)
