@@ -73,6 +73,8 @@ def is_secret_name(name: str) -> bool:
 
 
 # -- by form ----------------------------------------------------------------------------------------------------
+# A secret-named pair is hidden whole before the user parts of URLs are looked for: a value such as `0:0@xyz` would
+# otherwise lose only its `0:0` to the URL rule, and the rest would no longer be a value the pair rule hides.
 def _urls(text: str, found: list[str] | None) -> str:
     def url(match: re.Match[str]) -> str:
         if found is not None:
@@ -108,11 +110,11 @@ def _pairs(pattern: re.Pattern[str], text: str, found: list[str] | None) -> str:
 
 def redact_form(text: str, found: list[str] | None = None) -> str:
     """Free text with the secrets recognisable by their form hidden (`found` collects what was hidden)."""
-    return _pairs(_TEXT_PAIR, _urls(text, found), found)
+    return _urls(_pairs(_TEXT_PAIR, text, found), found)
 
 
 def _redact_arg(arg: str, found: list[str] | None) -> str:
-    return _pairs(_ARG_PAIR, _urls(arg, found), found)
+    return _urls(_pairs(_ARG_PAIR, arg, found), found)
 
 
 def redacted_args(args: Sequence[str], found: list[str] | None = None) -> list[str]:

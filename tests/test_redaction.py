@@ -237,6 +237,15 @@ def test_random_secrets_in_every_form_leak_nowhere(form, left, core, right, tmp_
     assert _leaks(outputs, core) == []
 
 
+@pytest.mark.parametrize("form", ["map009-legacy-equals", "model-args-api_key", "eval-api_key"])
+def test_a_secret_that_starts_like_a_url_user_part_is_hidden_whole(form, tmp_path):
+    """Hypothesis found `api_key=0:0@Zq…`: the URL rule hid `0:0` and the rest stayed in every output."""
+    core = "Zq000000000000k"
+    assert _leaks(_outputs(form, f"0:0@{core}", tmp_path), core) == []
+    redact.remember(())
+    assert redact_text(f"pretrained=x,api_key=0:0@{core},x=1") == f"pretrained=x,api_key={REDACTED},x=1"
+
+
 @pytest.mark.parametrize(
     ("args", "shown"),
     [(["--hf_token", "X y"], "--hf_token '<redacted>'"), (["--api_key=a,b"], "'--api_key=<redacted>'"),
