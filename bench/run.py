@@ -231,7 +231,8 @@ def section_plan(repeat: int, presets: Sequence[str]) -> Section:
         }
     notes = [
         f"build_meta (full width, meta device) + plan_device_map('auto', {PLAN_GPUS} x 80 GiB + CPU); "
-        "each run a fresh process; imports not in the time, but in the peak RSS"
+        "each run a fresh process; imports not in the time, but in the peak RSS; presets this stack cannot build "
+        "(config-only, or a class the installed transformers lacks) are not planned"
     ]
     headers = ("preset", "params B", "build s", "plan s", "total s", "min-max s", "devices", "peak RSS MiB")
     table = format_table(f"Planning per preset ({PLAN_GPUS} GPUs)", headers, rows, notes)
@@ -395,7 +396,7 @@ def run_sections(options: argparse.Namespace, tmp: Path) -> list[Section]:
     runners: dict[str, Callable[[], Section]] = {
         "suite": lambda: section_suite(options.repeat, tmp),
         "xdist": lambda: section_xdist(options.repeat, tmp),
-        "plan": lambda: section_plan(options.repeat, PLAN_QUICK if quick else _presets()),
+        "plan": lambda: section_plan(options.repeat, PLAN_QUICK if quick else _presets(buildable=True)),
         "layers": lambda: section_layers(options.repeat, LAYERS_QUICK if quick else LAYERS),
         "gpus": lambda: section_gpus(options.repeat, GPUS_QUICK if quick else GPUS),
         "presets": lambda: section_presets(options.repeat, PRESETS_QUICK if quick else _presets()),
@@ -415,9 +416,14 @@ def run_sections(options: argparse.Namespace, tmp: Path) -> list[Section]:
     return sections
 
 
-def _presets() -> list[str]:
-    """Every preset, read from a child so the bench process itself never imports torch."""
-    code = "import json; from diag.twins import PRESETS; print(json.dumps(list(PRESETS)))"
+def _presets(buildable: bool = False) -> list[str]:
+    """Every preset (or those the installed transformers can build: not the config-only ones, nor those whose
+    class it lacks), read from a child so the bench process itself never imports torch."""
+    code = (
+        "import json; from diag.twins import PRESETS; from diag.twins.families import family_named; "
+        f"print(json.dumps([n for n, s in PRESETS.items() if not {buildable} "
+        "or family_named(s.family).unavailable(s.config) is None]))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO, env=child_env()
     ).stdout
