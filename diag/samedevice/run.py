@@ -66,22 +66,22 @@ class RunResult:
         return bool(self.error and SAME_DEVICE in self.error)
 
 
-def dispatch(model: torch.nn.Module, device_map: Mapping[str, Any]) -> None:
+def dispatch(model: torch.nn.Module, device_map: Mapping[str, Any], virtual: Any = None) -> None:
     """Place the twin as from_pretrained(device_map=…) does: the installed transformers' dispatch where it has
     one (5.x `accelerate_dispatch`), else accelerate's `dispatch_model` with the model's skip keys (4.x).
 
     accelerate's warnings about diag's own placement (a map key naming a parameter, as CogVLM's `boi`) are
     captured: the map checks say what matters about the user's map in diag's words (MAP-005)."""
     with captured_warnings():
-        _dispatch(model, device_map)
+        _dispatch(model, device_map, virtual)
 
 
-def _dispatch(model: torch.nn.Module, device_map: Mapping[str, Any]) -> None:
+def _dispatch(model: torch.nn.Module, device_map: Mapping[str, Any], virtual: Any = None) -> None:
     tie_weights = getattr(model, "tie_weights", None)
     if tie_weights is not None:
         tie_weights()
     placed = {k: ("cpu" if v == "disk" else v) for k, v in device_map.items()}  # the twin has no disk folder
-    _load_like_from_pretrained(model, placed)
+    _load_like_from_pretrained(model, placed, virtual)
     try:
         from transformers.integrations.accelerate import accelerate_dispatch
     except ImportError:
@@ -98,24 +98,27 @@ def _dispatch(model: torch.nn.Module, device_map: Mapping[str, Any]) -> None:
     accelerate_dispatch(model, None, placed, None, None, False)  # type: ignore[no-untyped-call]
 
 
-def _load_like_from_pretrained(model: torch.nn.Module, device_map: Mapping[str, Any]) -> None:
+def _load_like_from_pretrained(model: torch.nn.Module, device_map: Mapping[str, Any], virtual: Any = None) -> None:
     """Put each checkpoint tensor where loading puts it: the device of the longest map key that prefixes its name.
 
     from_pretrained loads every state-dict entry (parameters and persistent buffers) onto its mapped device;
     non-persistent buffers (a rotary `inv_freq`) are not in the checkpoint and stay on the CPU unless the map
-    names their module. dispatch_model then places whole modules, so only entries whose key is not a module
-    (a parameter such as CogVLM's `model.vision.boi`) need placing here; an entry with no key is the error
-    transformers raises while loading.
+    names their module. dispatch_model then places whole modules (its hooks move what is not yet there), so on
+    real GPUs only entries whose key is not a module (a parameter such as CogVLM's `model.vision.boi`) need
+    placing here; an entry with no key is the error transformers raises while loading. On virtual devices every
+    entry is placed here, without a copy (`VirtualCuda.place`), as loading would have put it.
     """
     from accelerate.utils import set_module_tensor_to_device
 
     from diag.samedevice.causes import owner_key
 
     modules = {name for name, _ in model.named_modules()}
-    for name in model.state_dict():
+    for name, tensor in model.state_dict(keep_vars=True).items():
         key = owner_key(name, device_map)
         if key is None:
             raise ValueError(f"{name} doesn't have any device set.")  # transformers' own words when loading
+        if virtual is not None and virtual.place(tensor, device_map[key]):
+            continue
         if key not in modules:
             set_module_tensor_to_device(model, name, device_map[key])
 
@@ -218,7 +221,7 @@ def _run(
     repeats = Repeats()
     with _devices(simulated_gpus, model) as virtual:
         try:
-            dispatch(model, device_map)
+            dispatch(model, device_map, virtual)
             marks.append(("dispatch", time.perf_counter()))
             if not every_block:
                 repeats = pass_through_repeats(model, device_map)

@@ -63,6 +63,20 @@ class VirtualCuda:
     def current_module_path(self) -> str | None:
         return self._modules.current()
 
+    def place(self, tensor: torch.Tensor, device: object) -> bool:
+        """Put a tensor nothing else shares on a device of the node without copying it: what loading a
+        checkpoint tensor straight onto that device gives. False (nothing done) for a CPU or disk target, or a
+        storage another placement already labelled with another device (a tied weight: it takes a copy)."""
+        target = self.node.resolve(device)
+        if target is None or target.type != "cuda":
+            return False
+        with torch._C.DisableTorchFunction():
+            current = self._labels.device_of(tensor)
+            if current.type == "cuda" and current != target:
+                return False
+            self._labels.set(tensor, target)
+        return True
+
     def _record(self, error: CrossDevice) -> None:
         self.last_error = error
 
