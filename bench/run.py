@@ -374,6 +374,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="SECTION",
         help=f"run only these sections ({', '.join(SECTIONS)})",
     )
+    parser.add_argument("--presets", nargs="+", metavar="PRESET", help="the plan and presets sections: only these")
     options = parser.parse_args(argv)
     if options.repeat is None:
         options.repeat = 1 if options.quick else 5
@@ -396,10 +397,12 @@ def run_sections(options: argparse.Namespace, tmp: Path) -> list[Section]:
     runners: dict[str, Callable[[], Section]] = {
         "suite": lambda: section_suite(options.repeat, tmp),
         "xdist": lambda: section_xdist(options.repeat, tmp),
-        "plan": lambda: section_plan(options.repeat, PLAN_QUICK if quick else _presets(buildable=True)),
+        "plan": lambda: section_plan(
+            options.repeat, options.presets or (PLAN_QUICK if quick else _presets(buildable=True))
+        ),
         "layers": lambda: section_layers(options.repeat, LAYERS_QUICK if quick else LAYERS),
         "gpus": lambda: section_gpus(options.repeat, GPUS_QUICK if quick else GPUS),
-        "presets": lambda: section_presets(options.repeat, PRESETS_QUICK if quick else _presets()),
+        "presets": lambda: section_presets(options.repeat, options.presets or (PRESETS_QUICK if quick else _presets())),
         "env": lambda: section_env(options.repeat, ENV_GPUS_QUICK if quick else ENV_GPUS, tmp),
         "bounds": lambda: section_bounds(options.repeat, tmp),
     }
