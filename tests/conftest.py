@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,3 +112,20 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def recorded_stages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The stage names run_twin goes through in this test, in order (run_stages wrapped to record them)."""
+    import diag.samedevice.run as run_module
+
+    seen: list[str] = []
+    original = run_module.run_stages
+
+    def recording(spec: Any, model: Any, inputs_device: str = "cuda:0") -> Iterator[str]:
+        for stage in original(spec, model, inputs_device):
+            seen.append(stage)
+            yield stage
+
+    monkeypatch.setattr(run_module, "run_stages", recording)
+    return seen

@@ -20,7 +20,7 @@ from torch import nn
 
 from diag.devicemap.plan import plan_device_map
 from diag.samedevice.run import dispatch
-from diag.twins import PRESETS, language_model_layout, preset_for_checkpoint
+from diag.twins import PRESETS, build_meta, build_tiny, language_model_layout, preset_for_checkpoint
 from diag.twins.families import Family, family_for, family_named
 from diag.twins.families.mllama import VLMEVALKIT_NAMES, installed_names, vlmevalkit_90b_split
 from diag.twins.presets import PUBLISHED_PARAMS
@@ -76,20 +76,13 @@ def _buildable(name: str) -> Family:
 
 
 def _meta(name: str) -> nn.Module:
-    family = _buildable(name)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # as from_pretrained builds in the checkpoint's dtype
-    try:
-        with torch.device("meta"):
-            return family.build(_config(name)).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    _buildable(name)
+    return build_meta(PRESETS[name])
 
 
 def _tiny(name: str) -> nn.Module:
-    family = _buildable(name)
-    torch.manual_seed(0)
-    return family.build(family.tiny_config(_config(name))).eval()
+    _buildable(name)
+    return build_tiny(PRESETS[name], seed=0)
 
 
 def _names(model: nn.Module) -> set[str]:

@@ -87,20 +87,13 @@ def _available(name: str) -> Family:
 
 
 def _meta(name: str) -> nn.Module:
-    family = _available(name)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device("meta"):
-            return family.build(_config(name)).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    _available(name)
+    return build_meta(PRESETS[name])
 
 
 def _tiny(name: str) -> nn.Module:
-    family = _available(name)
-    torch.manual_seed(0)
-    return family.build(family.tiny_config(_config(name))).eval()
+    _available(name)
+    return build_tiny(PRESETS[name], seed=0)
 
 
 def _vision_blocks(model: nn.Module) -> int:

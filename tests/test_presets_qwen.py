@@ -143,30 +143,16 @@ def test_tiny_moe_twin_has_the_real_tree(name: str) -> None:
     assert sum(p.numel() for p in tiny.parameters()) < 15_000_000
 
 
-def _recorded_stages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    seen: list[str] = []
-    original = run_module.run_stages
-
-    def recording(spec: Any, model: Any, inputs_device: str = "cuda:0") -> Iterator[str]:
-        for stage in original(spec, model, inputs_device):
-            seen.append(stage)
-            yield stage
-
-    monkeypatch.setattr(run_module, "run_stages", recording)
-    return seen
-
-
 @pytest.mark.parametrize("name", ["qwen2-vl-7b", *NAMES])
-def test_tiny_twin_runs_image_and_video_over_four_virtual_gpus(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiny_twin_runs_image_and_video_over_four_virtual_gpus(name: str, recorded_stages: list[str]) -> None:
     needs_class(name)
     spec = PRESETS[name]
     meta = build_meta(spec)
     device_map = forced_map(meta, 4, spec.family)
     assert {str(v) for v in device_map.values()} == {"0", "1", "2", "3"}
-    stages = _recorded_stages(monkeypatch)
     result = run_module.run_twin(spec, device_map, simulated_gpus=4)
     assert result.ok, result.error
-    assert stages == ["forward (image)", "generate (image)", "forward (video)", "generate (video)"]
+    assert recorded_stages == ["forward (image)", "generate (image)", "forward (video)", "generate (video)"]
 
 
 @pytest.mark.parametrize("name", ["qwen2.5-vl-7b", "qwen3-vl-8b"])
