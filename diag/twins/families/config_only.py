@@ -108,8 +108,9 @@ class OvisRemote(ConfigOnly):
     # configuration_ovis.OvisConfig / modeling_ovis.Ovis, the language model in llm_config and the AIMv2 tower in
     # visual_tokenizer_config.backbone_config. AIDC-AI/Ovis2.5-{2B,9B}: model_type "ovis2_5", class
     # modeling_ovis2_5.Ovis2_5, llm_config (Qwen3) and vit_config (SigLIP2 NaViT). vLLM registers both
-    # architectures ("Ovis", "Ovis2_5") with its own implementations. transformers 5 ports Ovis2 natively as
-    # model_type "ovis2" (thisisiron/Ovis2-*-hf), which the installed-transformers families claim, not this one.
+    # architectures ("Ovis", "Ovis2_5") with its own implementations. transformers ports Ovis2 natively as
+    # model_type "ovis2" (thisisiron/Ovis2-*-hf; in transformers since 4.56, huggingface.co/docs/transformers/
+    # model_doc/ovis2), which the installed-transformers families claim, not this one.
     architectures = ("Ovis", "Ovis2_5")
     model_types = ("ovis", "ovis2_5")
     loader = "AutoModelForCausalLM"
@@ -144,7 +145,7 @@ def _native_port(model_type: str, models: str, ports: str) -> str:
     port = f"For {models}, transformers' native port (model_type {model_type}: {ports}) needs no remote code"
     if model_type_known(model_type):
         return f"{port}, and the installed transformers {installed} has it."
-    return f"{port}, but the installed transformers {installed} does not have it (transformers 5.24 does)."
+    return f"{port}, but the installed transformers {installed} does not have it (transformers 4.56 and later do)."
 
 
 def _architectures(config: Mapping[str, Any]) -> list[str]:
