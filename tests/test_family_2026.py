@@ -143,8 +143,8 @@ def test_a_native_ovis2_config_is_not_the_remote_code_family() -> None:
 def test_the_minicpm_v_4_presets_hold_their_published_fields() -> None:
     """The fields that set MiniCPM-V 4.x apart from 2.6 (a Qwen3-8B or MiniCPM4 language model, GQA)."""
     v45 = PRESETS["minicpm-v-4.5"].config
-    assert (v45["hidden_size"], v45["intermediate_size"], v45["vocab_size"], v45["head_dim"]) == (4096, 12288, 151748,
-                                                                                                    128)
+    fields = ("hidden_size", "intermediate_size", "vocab_size", "head_dim")
+    assert [v45[key] for key in fields] == [4096, 12288, 151748, 128]
     v4 = PRESETS["minicpm-v-4"].config
     assert (v4["hidden_size"], v4["intermediate_size"], v4["vocab_size"]) == (2560, 10240, 73448)
     assert "num_hidden_layers" not in v4  # not in any source read: left out, not guessed
