@@ -28,7 +28,7 @@ from diag.twins.presets import PRESET_TABLE
 TWIN_FAMILIES: tuple[str, ...] = ("internvl-chat", "cogvlm")
 # Families whose models only their own code builds and diag has no twin of (their family sets `config_only`,
 # diag/twins/families/config_only.py): code "none" unless the checkpoint's own files run with consent.
-CONFIG_ONLY_FAMILIES: tuple[str, ...] = ("minicpm-v", "deepseek-vl2")
+CONFIG_ONLY_FAMILIES: tuple[str, ...] = ("minicpm-v", "deepseek-vl2", "ovis")
 
 
 def __getattr__(name: str) -> Any:
