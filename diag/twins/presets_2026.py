@@ -57,6 +57,16 @@ _MINICPM_V_2_6: Config = {
 # the depth, and no source read gives the checkpoint's num_hidden_layers, so the preset leaves it out (no check
 # that runs on a config-only preset reads it). The vision tower is SigLIP2-400M, whose fields are MiniCPM-V 4.5's
 # (below; the port's test lists the same width, MLP and heads).
+# The SigLIP2-400M tower of MiniCPM-V 4.0 and 4.5 (4.5's config.json; the 4.0 card names the same tower).
+_MINICPM_V_4_SIGLIP: Config = {
+    "model_type": "siglip",
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 27,
+    "image_size": 980,
+    "patch_size": 14,
+}
 _MINICPM_V_4: Config = {
     "architectures": ["MiniCPMV"],
     "model_type": "minicpmv",
@@ -76,15 +86,7 @@ _MINICPM_V_4: Config = {
     "image_size": 448,
     "patch_size": 14,
     "torch_dtype": "bfloat16",
-    "vision_config": {
-        "model_type": "siglip",
-        "hidden_size": 1152,
-        "intermediate_size": 4304,
-        "num_attention_heads": 16,
-        "num_hidden_layers": 27,
-        "image_size": 980,
-        "patch_size": 14,
-    },
+    "vision_config": dict(_MINICPM_V_4_SIGLIP),
 }
 
 # --- MiniCPM-V 4.5 (remote code: openbmb/MiniCPM-V-4_5) --------------------------------------------------------
@@ -112,15 +114,7 @@ _MINICPM_V_4_5: Config = {
     "image_size": 448,
     "patch_size": 14,
     "torch_dtype": "bfloat16",
-    "vision_config": {
-        "model_type": "siglip",
-        "hidden_size": 1152,
-        "intermediate_size": 4304,
-        "num_attention_heads": 16,
-        "num_hidden_layers": 27,
-        "image_size": 980,
-        "patch_size": 14,
-    },
+    "vision_config": dict(_MINICPM_V_4_SIGLIP),
 }
 
 # --- DeepSeek-VL2 (the deepseek_vl2 package: deepseek-ai/deepseek-vl2, -small, -tiny) --------------------------

@@ -61,17 +61,11 @@ class MiniCPMVRemote(ConfigOnly):
     def no_twin(self, config: Mapping[str, Any]) -> tuple[str, str]:
         version = config.get("version")
         name = f"MiniCPM-V {version}" if isinstance(version, int | float | str) and str(version) else "MiniCPM-V"
-        why = (
-            f"{name} runs the checkpoint's own modelling code (config.json auto_map, modeling_minicpmv.py), "
-            "which is not on this machine, and diag has no twin of it"
+        fix = _checkpoint_fix("openbmb/MiniCPM-V-2_6, openbmb/MiniCPM-V-4 or openbmb/MiniCPM-V-4_5") + (
+            "; or evaluate a native port the installed transformers builds (openbmb/MiniCPM-V-4.6, model_type "
+            "minicpmv4_6, transformers 5)."
         )
-        fix = (
-            "Put the checkpoint on the node (its folder as --model, or its snapshot in the Hugging Face cache: "
-            "huggingface-cli download openbmb/MiniCPM-V-2_6, openbmb/MiniCPM-V-4 or openbmb/MiniCPM-V-4_5) and give "
-            f"{CONSENT}; or evaluate a native port the installed transformers builds (openbmb/MiniCPM-V-4.6, "
-            "model_type minicpmv4_6, transformers 5)."
-        )
-        return why, fix
+        return _own_code(name, "modeling_minicpmv.py"), fix
 
 
 @register
@@ -119,20 +113,29 @@ class OvisRemote(ConfigOnly):
         ovis2_5 = str(config.get("model_type")) == "ovis2_5" or "Ovis2_5" in _architectures(config)
         label, module, example = (("Ovis2.5", "modeling_ovis2_5.py", "AIDC-AI/Ovis2.5-9B") if ovis2_5 else
                                   ("Ovis2", "modeling_ovis.py", "AIDC-AI/Ovis2-8B"))  # fmt: skip
-        why = (
-            f"{label} runs the checkpoint's own modelling code (config.json auto_map, {module}), which is not on "
-            "this machine, and diag has no twin of it"
-        )
-        fix = (
-            "Put the checkpoint on the node (its folder as --model, or its snapshot in the Hugging Face cache: "
-            f"huggingface-cli download {example}, or the size you evaluate) and give {CONSENT}, as VLMEvalKit "
-            "loads it with trust_remote_code=True."
+        why = _own_code(label, module)
+        fix = _checkpoint_fix(f"{example}, or the size you evaluate") + (
+            ", as VLMEvalKit loads it with trust_remote_code=True."
         )
         if not ovis2_5:
             fix += " " + _native_port("ovis2", "Ovis2-1B and -2B", "thisisiron/Ovis2-1B-hf, thisisiron/Ovis2-2B-hf")
         fix += (" With vLLM or SGLang the engine's own Ovis implementation runs, and diag's backend checks read the "
                 "heads from llm_config.")  # fmt: skip
         return why, fix
+
+
+def _own_code(label: str, module: str) -> str:
+    return (
+        f"{label} runs the checkpoint's own modelling code (config.json auto_map, {module}), which is not on this "
+        "machine, and diag has no twin of it"
+    )
+
+
+def _checkpoint_fix(downloads: str) -> str:
+    return (
+        "Put the checkpoint on the node (its folder as --model, or its snapshot in the Hugging Face cache: "
+        f"huggingface-cli download {downloads}) and give {CONSENT}"
+    )
 
 
 def _native_port(model_type: str, models: str, ports: str) -> str:
