@@ -138,9 +138,17 @@ def write_checkpoint(
     generation_mixin: bool = True,
     post_init: bool = True,
     model_type: str = "diag_merge_bug",
+    takes_data: bool = False,
 ) -> dict[str, str]:
-    """Write a remote-code checkpoint to `folder`; its files (name -> text)."""
+    """Write a remote-code checkpoint to `folder`; its files (name -> text). `takes_data`: its forward takes the
+    processor's dict, as MiniCPM-V's `forward(self, data, **kwargs)` does."""
     modeling = MODELING_PY.replace("MARKER", repr(str(marker)))
+    if takes_data:
+        modeling = modeling.replace(
+            "def forward(self, input_ids=None, attention_mask=None, pixel_values=None, return_dict=None, **kwargs):",
+            "def forward(self, data, return_dict=None, **kwargs):\n"
+            "        input_ids, pixel_values = data['input_ids'], data.get('pixel_values')",
+        )
     modeling = modeling.replace("BASES", "PreTrainedModel, GenerationMixin" if generation_mixin else "PreTrainedModel")
     modeling = modeling.replace("POST_INIT", "self.post_init()" if post_init else "pass")
     config = {
@@ -284,6 +292,18 @@ def test_generate_missing_on_transformers_5_is_model_001(tmp_path: Path, marker:
         return
     assert problem is not None and problem.code == "MODEL-001"
     assert "in generate: AttributeError:" in problem.message and "'generate'" in problem.message
+
+
+def test_a_forward_that_takes_the_processor_s_dict_is_model_003_not_a_failure(tmp_path: Path, marker: Path) -> None:
+    """diag's inputs do not fit `forward(self, data, **kwargs)`: that is diag not knowing the call, so a warning
+    (the same-device check skips) after the model built and planned, not MODEL-001."""
+    folder = tmp_path / f"takes-data-{tmp_path.name}"
+    write_checkpoint(folder, marker, model_type="diag_takes_data", takes_data=True)
+    problem = code_problem(with_consent(resolve_model(str(folder)), True))
+    assert marker.exists()  # its code ran: build and planning
+    assert problem is not None and problem.code == "MODEL-003"
+    assert "does not know how to call it" in problem.message and ".forward(data, return_dict=None, **kwargs)" in problem.message
+    assert "missing a required argument: 'data'" in problem.message and "\n" not in problem.message
 
 
 def test_internvl_remote_code_failure_names_the_native_port() -> None:

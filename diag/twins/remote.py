@@ -309,6 +309,9 @@ def probe(spec: ModelSpec, meta_model: nn.Module | None = None) -> CodeProblem |
         plan_device_map(meta, "auto", {0: 1024 * GIB, 1: 1024 * GIB, "cpu": 1024 * GIB})
         stage = "build"
         tiny = build_tiny(spec)
+        mismatch = _call_mismatch(spec, tiny)
+        if mismatch is not None:
+            return uncallable(spec, mismatch)
         stage = "loading"
         dispatch(tiny, {"": "cpu"})
         for stage in run_stages(spec, tiny, inputs_device="cpu"):  # noqa: B007 (the stage reached is reported)
@@ -320,6 +323,38 @@ def probe(spec: ModelSpec, meta_model: nn.Module | None = None) -> CodeProblem |
     except Exception as exc:  # anything the checkpoint's code raises on one device is the code's, not the map's
         return model_code_failure(spec, stage, one_line(exc))
     return None
+
+
+def _call_mismatch(spec: ModelSpec, model: nn.Module) -> str | None:
+    """Why the model's own forward cannot take the inputs diag feeds it (None when it can, or when its family
+    calls it another way): MiniCPM-V's `forward(self, data, **kwargs)` wants the processor's dict. That is diag's
+    ignorance of the model's call, not a failure of its code."""
+    import inspect
+
+    from diag.twins.build import example_input_sets
+    from diag.twins.families import Family, family_named
+
+    if type(family_named(spec.family)).run is not Family.run:  # driven another way (InternVL's chat)
+        return None
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return None
+    for inputs in example_input_sets(spec, model).values():
+        try:
+            signature.bind(**inputs)
+        except TypeError as exc:
+            return f"{type(model).__name__}.forward{signature} does not take {', '.join(inputs)} ({exc})"
+    return None
+
+
+def uncallable(spec: ModelSpec, mismatch: str) -> CodeProblem:
+    """MODEL-003 (a warning): the checkpoint's own code built and planned here, but diag does not know its call."""
+    message = (f"{spec.name}: the checkpoint's own code builds and plans here, but diag does not know how to call "
+               f"it: {mismatch}: the same-device check is skipped")  # fmt: skip
+    fix = ("The map checks ran on the model's own modules. Before the full eval, run it on a few samples with the "
+           "same device_map: a device error shows within the first batch.")  # fmt: skip
+    return CodeProblem("MODEL-003", message, fix)
 
 
 def installed_transformers() -> str:
@@ -476,6 +511,7 @@ __all__ = [
     "one_line",
     "probe",
     "twin_note",
+    "uncallable",
     "unknown_model_type",
     "with_consent",
 ]
