@@ -302,7 +302,8 @@ def test_a_forward_that_takes_the_processor_s_dict_is_model_003_not_a_failure(tm
     problem = code_problem(with_consent(resolve_model(str(folder)), True))
     assert marker.exists()  # its code ran: build and planning
     assert problem is not None and problem.code == "MODEL-003"
-    assert "does not know how to call it" in problem.message and ".forward(data, return_dict=None, **kwargs)" in problem.message
+    assert "does not know how to call it" in problem.message
+    assert ".forward(data, return_dict=None, **kwargs)" in problem.message
     assert "missing a required argument: 'data'" in problem.message and "\n" not in problem.message
 
 
