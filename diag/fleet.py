@@ -86,6 +86,9 @@ def load_report(path: str | Path) -> Source:
 
 
 _Path = tuple[str | int, ...]
+# The largest world size a report may claim: the merge lists the ranks it has no report from, so a claim of 2**31
+# ranks (a corrupt or hostile file) would make it build a list of two billion numbers.
+MAX_WORLD_SIZE = 1 << 20
 _OUTCOMES = ("passed", "failed", "skipped", "error")
 
 
@@ -138,7 +141,8 @@ def _checked_report(where: str, data: dict[str, Any]) -> dict[str, Any]:
     launch = _obj(where, ("launch",), data.get("launch"))
     for key, low in (("rank", 0), ("local_rank", 0), ("world_size", 1)):
         if launch.get(key) is not None:
-            reader.whole(where, ("launch", key), launch[key], f"a whole number >= {low}", low=low, high=1 << 31)
+            reader.whole(where, ("launch", key), launch[key], f"a whole number from {low} to {MAX_WORLD_SIZE:,}",
+                         low=low, high=MAX_WORLD_SIZE)  # fmt: skip
     topology = _obj(where, ("topology",), data.get("topology", _MISSING), null=False)
     _strings(where, topology, ("topology",), ("hostname", "source"))
     for index, gpu in enumerate(_objects(where, ("topology", "gpus"), topology.get("gpus"))):
@@ -245,6 +249,17 @@ def _failures_by_cause(sources: Sequence[Source]) -> list[dict[str, Any]]:
     return sorted(groups.values(), key=lambda g: (-len(g["places"]), g["code"]))
 
 
+def _spans(ranks: Sequence[int]) -> str:
+    """Sorted ranks as runs: `0-3, 5, 7-1023`."""
+    runs: list[list[int]] = []
+    for rank in ranks:
+        if runs and rank == runs[-1][1] + 1:
+            runs[-1][1] = rank
+        else:
+            runs.append([rank, rank])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _missing_ranks(sources: Sequence[Source]) -> tuple[list[int], list[int]]:
     """(ranks the job had but no report came from, the world sizes the reports claim)."""
     sizes = sorted({s.launch["world_size"] for s in sources if isinstance(s.launch.get("world_size"), int)})
@@ -347,7 +362,7 @@ def fleet_text(fleet: Mapping[str, Any]) -> str:
     if gpu_rows:
         lines += ["", "GPUs:", *_table(["host", "GPU", "name", "used/total MiB", "ranks", "codes"], gpu_rows)]
     if s["missing_ranks"]:
-        lines += ["", f"no report from rank(s) {', '.join(map(str, s['missing_ranks']))} of {max(s['world_sizes'])}"]
+        lines += ["", f"no report from rank(s) {_spans(s['missing_ranks'])} of {max(s['world_sizes'])}"]
     if fleet["failures"]:
         lines += ["", "failures by cause:"]
         for group in fleet["failures"]:

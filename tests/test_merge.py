@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from diag.__main__ import main
-from diag.fleet import FleetError, load_report, merge
+from diag.fleet import MAX_WORLD_SIZE, FleetError, load_report, merge
 from diag.report import build_report, write_report
 from diag.topology.records import CudaDevice, CudaView, Topology
 from diag.topology.selection import resolve_selection
@@ -136,3 +136,17 @@ def test_an_unwritable_output_is_one_line(mixed, tmp_path, capsys):
     assert main(["merge", str(mixed[0]), "-o", str(blocker / "fleet.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("python -m diag merge: error: cannot write") and err.count("\n") == 1
+
+
+def test_a_world_size_past_the_bound_is_refused_in_one_line(tmp_path, capsys):
+    """A report claiming 2**31 ranks (hypothesis found it): the merge would list two billion missing ranks."""
+    path = write_report(tmp_path / "r0.json", _rank_report("n", 0, 0, 2**31, [_check("t")]))
+    assert main(["merge", str(path), "-o", str(tmp_path / "fleet.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "launch.world_size: expected a whole number from 1 to 1,048,576, got 2147483648" in err and "\n" not in err
+
+
+def test_missing_ranks_read_as_runs(tmp_path, capsys):
+    path = write_report(tmp_path / "r0.json", _rank_report("n", 5, 1, MAX_WORLD_SIZE, [_check("t")]))
+    assert main(["merge", str(path), "-o", str(tmp_path / "fleet.json")]) == 1
+    assert f"no report from rank(s) 0-4, 6-{MAX_WORLD_SIZE - 1} of {MAX_WORLD_SIZE}" in capsys.readouterr().out
