@@ -258,7 +258,7 @@ def _report() -> dict[str, Any]:
         (lambda r: r.update(checks={"a": 1}), 'checks: expected a list of checks, got {"a": 1}'),
         (lambda r: r.update(checks=[{"nodeid": ["x"], "outcome": "failed"}]),
          'checks[0].nodeid: expected a pytest node id, got ["x"]'),
-        (lambda r: r.update(launch={"rank": "0"}), 'launch.rank: expected a whole number >= 0, got "0"'),
+        (lambda r: r.update(launch={"rank": "0"}), 'launch.rank: expected a whole number from 0 to 1,048,576, got "0"'),
         (lambda r: r["topology"].update(gpus={"0": 1}), "topology.gpus: expected a list of objects"),
         (lambda r: r.update(extra=json.loads("[" * 900 + "]" * 900)), "nested deeper than 64 levels"),
         (DEEP, "nested deeper than 64 levels"),
