@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 import diag.plugin  # noqa: F401  (see below)
 from diag.topology.files import node_to_dict
@@ -22,6 +24,12 @@ from diag.topology.simulated import simulated_node
 # Importing the plugin here, in this process, keeps one copy of each for all runs.
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO / "diag" / "schema" / "diag-report-1.json").read_text())
+
+# The property tests draw the same examples in every run, so a red CI is the code's doing, not the draw's. Drawing
+# fresh examples finds defects (three so far, each now pinned by a test of its own): DIAG_HYPOTHESIS_EXPLORE=1.
+settings.register_profile("diag-fixed", derandomize=True)
+settings.register_profile("diag-explore", derandomize=False)
+settings.load_profile("diag-explore" if os.environ.get("DIAG_HYPOTHESIS_EXPLORE") else "diag-fixed")
 
 
 @dataclass
