@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from diag.twins.presets_vision import INTERN_VIT_6B as _INTERN_VIT_6B
-from diag.twins.presets_vision import INTERN_VIT_300M as _INTERN_VIT_300M
+from diag.twins.presets_shared import INTERN_VIT_6B as _INTERN_VIT_6B
+from diag.twins.presets_shared import INTERN_VIT_300M as _INTERN_VIT_300M
+from diag.twins.presets_shared import lm_shape
 
 Config = dict[str, Any]
 
@@ -23,12 +24,7 @@ def _qwen2(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: in
     return {
         "model_type": "qwen2",
         "architectures": ["Qwen2ForCausalLM"],
-        "hidden_size": hidden,
-        "intermediate_size": intermediate,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "vocab_size": vocab,
+        **lm_shape(hidden, intermediate, layers, heads, kv_heads, vocab),
         "max_position_embeddings": 32768,
         "rms_norm_eps": 1e-06,
         "rope_theta": 1000000.0,

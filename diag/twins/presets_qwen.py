@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from diag.twins.presets_shared import lm_shape
+
 Config = dict[str, Any]
 
 _QWEN_IDS = {
@@ -30,12 +32,7 @@ def _qwen2_5_vl(
     return {
         "model_type": "qwen2_5_vl",
         "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-        "hidden_size": hidden,
-        "intermediate_size": intermediate,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "vocab_size": vocab,
+        **lm_shape(hidden, intermediate, layers, heads, kv_heads, vocab),
         "hidden_act": "silu",
         "max_position_embeddings": 128000,
         "max_window_layers": window_layers,

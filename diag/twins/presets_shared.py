@@ -1,5 +1,5 @@
-"""Vision-tower configs shared by several preset groups (InternVL-Chat's InternViT), as the published
-config.json files hold them."""
+"""What several preset groups share: the InternViT towers of InternVL-Chat, as the published config.json files
+hold them, and the shape fields of a language model's config."""
 
 from __future__ import annotations
 
@@ -37,3 +37,15 @@ INTERN_VIT_6B: dict[str, Any] = {
     "qkv_bias": False,
     "initializer_factor": 0.1,
 }
+
+
+def lm_shape(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int) -> dict[str, Any]:
+    """The shape fields of a decoder language model's config.json, under transformers' usual names."""
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": vocab,
+    }
